@@ -1,0 +1,1 @@
+"""Pantau: CCTV analytics operator."""

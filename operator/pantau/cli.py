@@ -1,0 +1,14 @@
+"""The `pantau` command: operator, ingest, dev tools, demo and benchmarks are sub-commands."""
+
+from __future__ import annotations
+
+import typer
+
+from pantau.dev.cli import dev_app
+
+app = typer.Typer(name="pantau", help="Pantau: CCTV analytics on Kubernetes.", no_args_is_help=True)
+app.add_typer(dev_app, name="dev")
+
+
+if __name__ == "__main__":
+    app()

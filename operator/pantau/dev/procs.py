@@ -1,0 +1,221 @@
+"""Background processes of the local stack, tracked by PID files so `down` can stop them all.
+
+Every process the stack starts (control plane, Triton, cameras, pods run by the node agent) is
+spawned through `spawn()`: it gets its own session (so its children die with it), a log file,
+and a record in `<state>/pids/<name>.json` holding the PID and the process start time. The start
+time guards against PID reuse: a record whose PID now belongs to another process is treated as
+dead and never signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import psutil
+from pydantic import BaseModel, ConfigDict
+
+T = TypeVar("T")
+
+
+class StackError(RuntimeError):
+    """A component of the local stack failed to start or to become ready."""
+
+
+class ProcessRecord(BaseModel):
+    """What is needed to find (and safely signal) a background process again."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    pid: int
+    create_time: float
+    argv: list[str]
+    log: str
+
+    def process(self) -> psutil.Process | None:
+        """The live process, or None when it exited or its PID was reused."""
+        try:
+            proc = psutil.Process(self.pid)
+            if abs(proc.create_time() - self.create_time) > 0.05 or proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return proc
+        except psutil.Error:
+            return None
+
+    def alive(self) -> bool:
+        return self.process() is not None
+
+    def tail(self, lines: int = 30) -> str:
+        """Last lines of the log, for error messages."""
+        try:
+            return "\n".join(Path(self.log).read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class ProcessTable:
+    """The PID files of one stack (or of the node agent's pods) in one directory."""
+
+    def __init__(self, pid_dir: Path, log_dir: Path) -> None:
+        self.pid_dir = pid_dir
+        self.log_dir = log_dir
+
+    def _path(self, name: str) -> Path:
+        return self.pid_dir / f"{name}.json"
+
+    def get(self, name: str) -> ProcessRecord | None:
+        try:
+            return ProcessRecord.model_validate_json(self._path(name).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def records(self) -> list[ProcessRecord]:
+        if not self.pid_dir.is_dir():
+            return []
+        found = (self.get(p.stem) for p in sorted(self.pid_dir.glob("*.json")))
+        return [r for r in found if r is not None]
+
+    def running(self, name: str) -> ProcessRecord | None:
+        rec = self.get(name)
+        return rec if rec is not None and rec.alive() else None
+
+    def spawn(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        log_name: str | None = None,
+    ) -> ProcessRecord:
+        """Start `argv` in its own session with output appended to `<log_dir>/<name>.log`."""
+        self.pid_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{log_name or name}.log"
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dict(env) if env is not None else None,
+                cwd=cwd,
+                start_new_session=True,
+            )
+        record = ProcessRecord(
+            name=name,
+            pid=proc.pid,
+            create_time=psutil.Process(proc.pid).create_time(),
+            argv=list(argv),
+            log=str(log_path),
+        )
+        tmp = self._path(name).with_suffix(".tmp")
+        tmp.write_text(record.model_dump_json())
+        tmp.replace(self._path(name))
+        # The Popen object is dropped on purpose: the process outlives this Python process.
+        # Reap it if it exits while we are still alive, so it does not linger as a zombie.
+        _reap_later(proc)
+        return record
+
+    def stop(self, name: str, grace: float = 10.0) -> None:
+        rec = self.get(name)
+        if rec is not None:
+            terminate(rec, grace)
+        self._path(name).unlink(missing_ok=True)
+
+    def stop_all(self, grace: float = 10.0, order: Sequence[str] = ()) -> None:
+        """Stop named records first (in `order`), then all others, then forget them."""
+        names = [n for n in order if self.get(n) is not None]
+        names += [r.name for r in self.records() if r.name not in names]
+        for name in names:
+            self.stop(name, grace)
+
+
+_children: list[subprocess.Popen[bytes]] = []
+
+
+def _reap_later(proc: subprocess.Popen[bytes]) -> None:
+    _children.append(proc)
+    _children[:] = [p for p in _children if p.poll() is None]
+
+
+def terminate(rec: ProcessRecord, grace: float) -> None:
+    """SIGTERM the process group of `rec`, then SIGKILL whatever is left after `grace` seconds."""
+    proc = rec.process()
+    if proc is None:
+        return
+    members = _group_members(proc)
+    _signal_group(rec.pid, members, signal.SIGTERM)
+    _gone, alive = psutil.wait_procs(members, timeout=grace)
+    if alive:
+        _signal_group(rec.pid, alive, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=5)
+    for p in _children:
+        p.poll()
+
+
+def _group_members(proc: psutil.Process) -> list[psutil.Process]:
+    """The process, its descendants, and anything else left in its process group."""
+    members = {proc.pid: proc}
+    try:
+        for child in proc.children(recursive=True):
+            members[child.pid] = child
+    except psutil.Error:
+        pass
+    for other in psutil.process_iter():
+        try:
+            if other.pid not in members and os.getpgid(other.pid) == proc.pid:
+                members[other.pid] = other
+        except (psutil.Error, ProcessLookupError):
+            continue
+    return list(members.values())
+
+
+def _signal_group(pgid: int, members: list[psutil.Process], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+    for p in members:  # children that started sessions of their own are not in the group
+        with contextlib.suppress(psutil.Error):
+            p.send_signal(sig)
+
+
+def wait_for(
+    check: Callable[[], T | None],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = 0.2,
+    record: ProcessRecord | None = None,
+) -> T:
+    """Poll `check` until it returns something truthy; fail early when `record`'s process died."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except Exception as exc:
+            last_error = exc
+        if record is not None and not record.alive():
+            raise StackError(f"{what}: process {record.name} exited; log {record.log}:\n{record.tail()}")
+        if time.monotonic() > deadline:
+            detail = f" (last error: {last_error})" if last_error else ""
+            tail = f"\nlog {record.log}:\n{record.tail()}" if record else ""
+            raise StackError(f"{what}: not ready after {timeout:.0f} s{detail}{tail}")
+        time.sleep(interval)
+
+
+def write_json(path: Path, data: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    tmp.replace(path)

@@ -1,0 +1,528 @@
+"""The local stack: a real control plane, kwok, the local node agent, Triton and Jaeger.
+
+`DevStack.up()` starts whatever is not running yet and waits until each part answers its own
+readiness check; `down()` stops every process it (or the node agent) started, by PID. The CLI
+(`pantau dev up|down|status`) and the pytest fixtures both drive this one class.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import ssl
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from pydantic import BaseModel
+
+from pantau.dev.net import free_port, port_open
+from pantau.dev.pki import Pki
+from pantau.dev.procs import ProcessRecord, ProcessTable, StackError, wait_for, write_json
+from pantau.dev.settings import DevSettings
+
+LOCAL_NODE = "pantau-local"
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+ADMIN_USER = "pantau-admin"
+# Client certificates: user -> groups. The built-in RBAC bootstrap policy already grants the
+# controller-manager and scheduler users what they need; the admin is in system:masters.
+CLIENTS = {
+    ADMIN_USER: ["system:masters"],
+    "system:kube-controller-manager": [],
+    "system:kube-scheduler": [],
+}
+# Stop order for `down`: the node agent first (so it cannot restart pods), the control plane last.
+STOP_FIRST = ["node-agent"]
+STOP_LAST = ["kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"]
+PORT_NAMES = [
+    "etcd_client",
+    "etcd_peer",
+    "apiserver",
+    "controller_manager",
+    "scheduler",
+    "kwok_metrics",
+    "triton_http",
+    "triton_grpc",
+    "triton_metrics",
+    "jaeger_otlp_grpc",
+    "jaeger_otlp_http",
+    "jaeger_query",
+    "jaeger_query_grpc",
+]
+
+
+class StackInfo(BaseModel):
+    """How to reach the stack: what `pantau dev status --json` prints."""
+
+    state_dir: str
+    log_dir: str
+    kubeconfig: str
+    api_server: str
+    ca_file: str
+    local_node: str
+    kwok_nodes: list[str]
+    triton_http: str | None
+    triton_grpc: str | None
+    triton_metrics: str | None
+    model_repository: str | None
+    jaeger_otlp_grpc: str | None
+    jaeger_otlp_http: str | None
+    jaeger_query: str | None
+    processes: dict[str, bool]
+
+
+class DevStack:
+    def __init__(self, settings: DevSettings) -> None:
+        self.settings = settings
+        self.state = settings.state_dir
+        self.pki = Pki(self.state / "pki")
+        self.procs = ProcessTable(settings.pid_dir, settings.log_dir)
+        self.kubeconfig = self.state / "kubeconfig"
+        self.model_repository = self.state / "models"
+
+    # ----- public API -----
+
+    def up(self) -> StackInfo:
+        """Start what is not running (idempotent) and wait until all of it is ready."""
+        self.state.mkdir(parents=True, exist_ok=True)
+        self._check_binaries()
+        self.pki.ensure(CLIENTS)
+        ports = self._ports()
+        self._write_kubeconfigs(ports)
+        timeout = self.settings.start_timeout
+
+        etcd = self._ensure("etcd", self._etcd_argv(ports))
+        jaeger = self._ensure("jaeger", self._jaeger_argv(ports)) if self.settings.with_jaeger else None
+        triton = (
+            self._ensure("triton", self._triton_argv(ports), env=self._triton_env())
+            if self.settings.with_triton
+            else None
+        )
+        wait_for(
+            lambda: _http_ok(f"http://127.0.0.1:{ports['etcd_client']}/health"),
+            timeout=timeout,
+            what="etcd",
+            record=etcd,
+        )
+
+        apiserver = self._ensure("kube-apiserver", self._apiserver_argv(ports))
+        wait_for(
+            lambda: self._api_get("/readyz", ports).status_code == 200,
+            timeout=timeout,
+            what="kube-apiserver /readyz",
+            record=apiserver,
+        )
+
+        kcm = self._ensure("kube-controller-manager", self._kcm_argv(ports))
+        sched = self._ensure("kube-scheduler", self._scheduler_argv(ports))
+        kwok = self._ensure("kwok", self._kwok_argv(ports))
+        agent = self._ensure("node-agent", self._agent_argv(ports))
+        self._ensure_kwok_nodes(ports)
+        for rec, port in ((kcm, ports["controller_manager"]), (sched, ports["scheduler"])):
+            wait_for(
+                lambda p=port: _http_ok(f"https://127.0.0.1:{p}/healthz"),  # type: ignore[misc]
+                timeout=timeout,
+                what=f"{rec.name} /healthz",
+                record=rec,
+            )
+        for node, rec in [(LOCAL_NODE, agent)] + [(n, kwok) for n in self._kwok_node_names()]:
+            wait_for(
+                lambda n=node: self._node_ready(n, ports),  # type: ignore[misc]
+                timeout=timeout,
+                what=f"node {node} Ready",
+                record=rec,
+            )
+        # The namespace controller's "default" ServiceAccount: pods can't be created without it.
+        wait_for(
+            lambda: (
+                self._api_get("/api/v1/namespaces/default/serviceaccounts/default", ports).status_code == 200
+            ),
+            timeout=timeout,
+            what="default ServiceAccount",
+            record=kcm,
+        )
+
+        if jaeger is not None:
+            wait_for(
+                lambda: (
+                    _http_ok(f"http://127.0.0.1:{ports['jaeger_query']}/api/services")
+                    and port_open("127.0.0.1", ports["jaeger_otlp_grpc"])
+                ),
+                timeout=timeout,
+                what="jaeger",
+                record=jaeger,
+            )
+        if triton is not None:
+            wait_for(
+                lambda: _http_ok(f"http://127.0.0.1:{ports['triton_http']}/v2/health/ready"),
+                timeout=timeout,
+                what="triton /v2/health/ready",
+                record=triton,
+            )
+        return self.status()
+
+    def down(self, purge: bool = False) -> list[str]:
+        """Stop every process of the stack, pods included; `purge` also deletes the state."""
+        stopped = [r.name for r in self.procs.records() if r.alive()]
+        names = [r.name for r in self.procs.records()]
+        middle = [n for n in names if n not in STOP_FIRST + STOP_LAST]
+        self.procs.stop_all(grace=10.0, order=STOP_FIRST + middle + STOP_LAST)
+        if purge and self.state.exists():
+            shutil.rmtree(self.state)
+        return stopped
+
+    def status(self) -> StackInfo:
+        ports = self._ports(create=False)
+        s = self.settings
+
+        def url(scheme: str, key: str) -> str | None:
+            return f"{scheme}://127.0.0.1:{ports[key]}" if key in ports else None
+
+        return StackInfo(
+            state_dir=str(self.state),
+            log_dir=str(s.log_dir),
+            kubeconfig=str(self.kubeconfig),
+            api_server=url("https", "apiserver") or "",
+            ca_file=str(self.pki.ca_cert),
+            local_node=LOCAL_NODE,
+            kwok_nodes=self._kwok_node_names(),
+            triton_http=url("http", "triton_http") if s.with_triton else None,
+            triton_grpc=f"127.0.0.1:{ports['triton_grpc']}" if s.with_triton and ports else None,
+            triton_metrics=url("http", "triton_metrics") if s.with_triton else None,
+            model_repository=str(self.model_repository) if s.with_triton else None,
+            jaeger_otlp_grpc=url("http", "jaeger_otlp_grpc") if s.with_jaeger else None,
+            jaeger_otlp_http=url("http", "jaeger_otlp_http") if s.with_jaeger else None,
+            jaeger_query=url("http", "jaeger_query") if s.with_jaeger else None,
+            processes={r.name: r.alive() for r in self.procs.records()},
+        )
+
+    # ----- plumbing -----
+
+    def _check_binaries(self) -> None:
+        missing = [str(p) for p in self._binaries() if not os.access(p, os.X_OK)]
+        if missing:
+            raise StackError(
+                "stack binaries missing: "
+                + ", ".join(missing)
+                + "\nbuild them with `make tools` (tools/build.sh) and install Triton with `make triton`"
+            )
+
+    def _binaries(self) -> list[Path]:
+        s = self.settings
+        k8s = s.bin_dir("k8s")
+        paths = [k8s / n for n in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")]
+        paths += [s.bin_dir("etcd") / "etcd", s.bin_dir("kwok") / "kwok"]
+        if s.with_jaeger:
+            paths.append(s.bin_dir("jaeger") / "jaeger")
+        if s.with_triton:
+            paths.append(self._triton_home() / "bin" / "tritonserver")
+        return paths
+
+    def _ports(self, create: bool = True) -> dict[str, int]:
+        path = self.state / "ports.json"
+        if path.exists():
+            ports: dict[str, int] = json.loads(path.read_text())
+            if set(PORT_NAMES) <= ports.keys():
+                return ports
+        if not create:
+            return {}
+        ports = {name: free_port() for name in PORT_NAMES}
+        write_json(path, ports)
+        return ports
+
+    def _ensure(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> ProcessRecord:
+        running = self.procs.running(name)
+        if running is not None:
+            return running
+        return self.procs.spawn(name, argv, env=env, cwd=self.state)
+
+    def _write_kubeconfigs(self, ports: dict[str, int]) -> None:
+        server = f"https://127.0.0.1:{ports['apiserver']}"
+        for user, path in (
+            (ADMIN_USER, self.kubeconfig),
+            ("system:kube-controller-manager", self.state / "kcm.kubeconfig"),
+            ("system:kube-scheduler", self.state / "scheduler.kubeconfig"),
+        ):
+            file = user.replace("system:", "")
+            config = {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "pantau-dev",
+                        "cluster": {"server": server, "certificate-authority": str(self.pki.ca_cert)},
+                    }
+                ],
+                "users": [
+                    {
+                        "name": file,
+                        "user": {
+                            "client-certificate": str(self.pki.cert(user)),
+                            "client-key": str(self.pki.key(user)),
+                        },
+                    }
+                ],
+                "contexts": [
+                    {
+                        "name": "pantau-dev",
+                        "context": {"cluster": "pantau-dev", "user": file, "namespace": "default"},
+                    }
+                ],
+                "current-context": "pantau-dev",
+            }
+            path.write_text(yaml.safe_dump(config, sort_keys=False))
+            path.chmod(0o600)
+
+    def _api_get(self, path: str, ports: dict[str, int]) -> httpx.Response:
+        with httpx.Client(verify=_ssl_context(self.pki), timeout=5) as client:
+            return client.get(f"https://127.0.0.1:{ports['apiserver']}{path}")
+
+    def _node_ready(self, name: str, ports: dict[str, int]) -> bool:
+        resp = self._api_get(f"/api/v1/nodes/{name}", ports)
+        if resp.status_code != 200:
+            return False
+        conditions = resp.json().get("status", {}).get("conditions", [])
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+    def _kwok_node_names(self) -> list[str]:
+        return [f"kwok-node-{i}" for i in range(self.settings.kwok_nodes)]
+
+    def _ensure_kwok_nodes(self, ports: dict[str, int]) -> None:
+        """Fake nodes for scale tests; kwok only manages nodes carrying its annotation."""
+        with httpx.Client(verify=_ssl_context(self.pki), timeout=10) as client:
+            base = f"https://127.0.0.1:{ports['apiserver']}/api/v1/nodes"
+            for name in self._kwok_node_names():
+                node = _kwok_node(name)
+                resp = client.post(base, json=node)
+                if resp.status_code not in (201, 409):
+                    raise StackError(f"creating node {name}: {resp.status_code} {resp.text}")
+
+    # ----- command lines -----
+
+    def _etcd_argv(self, p: dict[str, int]) -> list[str]:
+        client, peer = f"http://127.0.0.1:{p['etcd_client']}", f"http://127.0.0.1:{p['etcd_peer']}"
+        return [
+            str(self.settings.bin_dir("etcd") / "etcd"),
+            "--name=pantau-dev",
+            f"--data-dir={self.state / 'etcd'}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=pantau-dev={peer}",
+            "--unsafe-no-fsync=true",  # test data: speed over durability
+            "--log-level=warn",
+        ]
+
+    def _apiserver_argv(self, p: dict[str, int]) -> list[str]:
+        pki = self.pki
+        return [
+            str(self.settings.bin_dir("k8s") / "kube-apiserver"),
+            f"--etcd-servers=http://127.0.0.1:{p['etcd_client']}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={p['apiserver']}",
+            # A loopback advertise address is refused by the endpoint reconciler of the
+            # `kubernetes` Service; with no reconciler the address is only informational.
+            "--advertise-address=127.0.0.1",
+            "--endpoint-reconciler-type=none",
+            f"--tls-cert-file={pki.cert('apiserver')}",
+            f"--tls-private-key-file={pki.key('apiserver')}",
+            f"--cert-dir={self.state / 'apiserver-certs'}",
+            f"--client-ca-file={pki.ca_cert}",
+            "--authorization-mode=RBAC",
+            "--anonymous-auth=false",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki.sa_pub}",
+            f"--service-account-signing-key-file={pki.sa_key}",
+            "--service-cluster-ip-range=10.96.0.0/16",
+            "--allow-privileged=false",
+            "--profiling=false",
+            "--v=0",
+        ]
+
+    def _component_auth(self, kubeconfig: Path, port: int) -> list[str]:
+        return [
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={port}",
+            "--leader-elect=false",
+            "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics",
+        ]
+
+    def _kcm_argv(self, p: dict[str, int]) -> list[str]:
+        return [
+            str(self.settings.bin_dir("k8s") / "kube-controller-manager"),
+            *self._component_auth(self.state / "kcm.kubeconfig", p["controller_manager"]),
+            f"--service-account-private-key-file={self.pki.sa_key}",
+            f"--root-ca-file={self.pki.ca_cert}",
+            # Each controller acts as its own ServiceAccount, so RBAC applies to them as in a cluster.
+            "--use-service-account-credentials=true",
+            f"--cert-dir={self.state / 'kcm-certs'}",
+            "--v=0",
+        ]
+
+    def _scheduler_argv(self, p: dict[str, int]) -> list[str]:
+        return [
+            str(self.settings.bin_dir("k8s") / "kube-scheduler"),
+            *self._component_auth(self.state / "scheduler.kubeconfig", p["scheduler"]),
+            f"--cert-dir={self.state / 'scheduler-certs'}",
+            "--v=0",
+        ]
+
+    def _kwok_argv(self, p: dict[str, int]) -> list[str]:
+        kwok = self.settings.bin_dir("kwok")
+        return [
+            str(kwok / "kwok"),
+            f"--kubeconfig={self.kubeconfig}",
+            f"--config={kwok / 'stages.yaml'}",
+            "--manage-all-nodes=false",
+            f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+            "--node-lease-duration-seconds=40",
+            "--cidr=10.244.0.0/16",
+            "--node-ip=10.250.0.1",
+            f"--server-address=127.0.0.1:{p['kwok_metrics']}",
+        ]
+
+    def _agent_argv(self, p: dict[str, int]) -> list[str]:
+        s = self.settings
+        return [
+            str(s.python_bin_dir / "python"),
+            "-m",
+            "pantau.dev.nodeagent",
+            f"--kubeconfig={self.kubeconfig}",
+            f"--node-name={LOCAL_NODE}",
+            "--api-host=127.0.0.1",
+            f"--api-port={p['apiserver']}",
+            f"--ca-file={self.pki.ca_cert}",
+            f"--pid-dir={s.pid_dir}",
+            f"--log-dir={s.log_dir / 'pods'}",
+            f"--work-dir={self.state / 'pods'}",
+            f"--python-bin-dir={s.python_bin_dir}",
+            f"--pod-ip-prefix={s.pod_ip_prefix}",
+        ]
+
+    def _jaeger_argv(self, p: dict[str, int]) -> list[str]:
+        config = {
+            "service": {
+                "extensions": ["jaeger_storage", "jaeger_query"],
+                "pipelines": {
+                    "traces": {
+                        "receivers": ["otlp"],
+                        "processors": ["batch"],
+                        "exporters": ["jaeger_storage_exporter"],
+                    }
+                },
+                "telemetry": {"metrics": {"level": "none"}},
+            },
+            "extensions": {
+                "jaeger_storage": {"backends": {"mem": {"memory": {"max_traces": 100000}}}},
+                "jaeger_query": {
+                    "storage": {"traces": "mem"},
+                    "http": {"endpoint": f"127.0.0.1:{p['jaeger_query']}"},
+                    "grpc": {"endpoint": f"127.0.0.1:{p['jaeger_query_grpc']}"},
+                },
+            },
+            "receivers": {
+                "otlp": {
+                    "protocols": {
+                        "grpc": {"endpoint": f"127.0.0.1:{p['jaeger_otlp_grpc']}"},
+                        "http": {"endpoint": f"127.0.0.1:{p['jaeger_otlp_http']}"},
+                    }
+                }
+            },
+            "processors": {"batch": {"timeout": "100ms"}},
+            "exporters": {"jaeger_storage_exporter": {"trace_storage": "mem"}},
+        }
+        path = self.state / "jaeger.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return [str(self.settings.bin_dir("jaeger") / "jaeger"), f"--config={path}"]
+
+    def _triton_home(self) -> Path:
+        return self.settings.triton_dir / "pytriton" / "tritonserver"
+
+    def _triton_backends(self) -> Path:
+        """The wheel ships one Python-backend stub per interpreter version; Triton wants it
+        beside the backend library, so lay out a backend directory with ours."""
+        home, backends = self._triton_home(), self.state / "triton-backends"
+        python = backends / "python"
+        if not (python / "triton_python_backend_stub").exists():
+            python.mkdir(parents=True, exist_ok=True)
+            for f in ("libtriton_python.so", "triton_python_backend_utils.py"):
+                shutil.copy2(home / "backends" / "python" / f, python / f)
+            version = sysconfig.get_python_version()
+            shutil.copy2(
+                home / "python_backend_stubs" / version / "triton_python_backend_stub",
+                python / "triton_python_backend_stub",
+            )
+        return backends
+
+    def _triton_argv(self, p: dict[str, int]) -> list[str]:
+        self.model_repository.mkdir(parents=True, exist_ok=True)
+        return [
+            str(self._triton_home() / "bin" / "tritonserver"),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={self._triton_backends()}",
+            # explicit: tests and the operator load models through the repository API;
+            # "*" loads whatever the repository holds at start.
+            "--model-control-mode=explicit",
+            "--load-model=*",
+            "--http-address=127.0.0.1",
+            f"--http-port={p['triton_http']}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={p['triton_grpc']}",
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={p['triton_metrics']}",
+            "--allow-sagemaker=false",
+            "--allow-vertex-ai=false",
+            "--allow-gpu-metrics=false",
+            "--log-verbose=0",
+        ]
+
+    def _triton_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        libs = [
+            str(self.settings.triton_dir / "nvidia_pytriton.libs"),
+            str(sysconfig.get_config_var("LIBDIR")),
+        ]
+        env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
+        # The embedded interpreter of the Python backend ignores PYTHONPATH; model code reads it
+        # explicitly (pantau.triton model bootstrap) to find numpy and onnxruntime in our venv.
+        env["PYTHONPATH"] = sysconfig.get_paths()["purelib"]
+        return env
+
+
+def _kwok_node(name: str) -> dict[str, Any]:
+    resources = {"cpu": "32", "memory": "256Gi", "pods": "110"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {KWOK_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+            },
+        },
+        "status": {"allocatable": resources, "capacity": resources},
+    }
+
+
+def _ssl_context(pki: Pki) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
+    ctx.load_cert_chain(str(pki.cert(ADMIN_USER)), str(pki.key(ADMIN_USER)))
+    return ctx
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2, verify=False).status_code == 200  # noqa: S501 - loopback health only
+    except httpx.HTTPError:
+        return False

@@ -12,7 +12,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/versions.env"
 cache=${PANTAU_CACHE:-$HOME/.cache/pantau}
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-trimpath -mod=readonly"
-export GOMODCACHE=${GOMODCACHE_OVERRIDE:-$cache/gomod} GOCACHE=$cache/gobuild
+export GOMODCACHE=$cache/gomod GOCACHE=$cache/gobuild
 mkdir -p "$cache/bin" "$GOMODCACHE" "$GOCACHE"
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -37,9 +37,22 @@ build() {
                                  END { printf "  %s: %d packages compiled\n", c, n > "/dev/stderr" }')
     [[ -x $out/$name ]] || { log "$comp: $name was not produced"; exit 1; }
   done
+  if [[ $comp == kwok ]]; then kwok_stages "$out/stages.yaml"; fi
   sha256sum "$here/$dir/go.sum" | cut -c1-16 > "$stamp"
   log "$comp $ver: done in $((SECONDS - start)) s"
   echo "ready $comp $out"
+}
+
+# kwok does nothing without Stage objects; use the same "fast" set kwokctl installs, taken from
+# the module source that `go mod download` already fetched.
+kwok_stages() {
+  local src; src=$(cd "$here/kwok" && go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+  local f
+  for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+           pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+    cat "$src/kustomize/stage/$f"; printf '\n---\n'
+  done > "$1"
 }
 
 k8s_ldflags() {

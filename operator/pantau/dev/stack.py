@@ -7,6 +7,7 @@ readiness check; `down()` stops every process it (or the node agent) started, by
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import yaml
 from pydantic import BaseModel
 
@@ -72,6 +74,7 @@ class StackInfo(BaseModel):
     jaeger_otlp_http: str | None
     jaeger_query: str | None
     processes: dict[str, bool]
+    rss_mib: dict[str, float]
 
 
 class DevStack:
@@ -197,6 +200,7 @@ class DevStack:
             jaeger_otlp_http=url("http", "jaeger_otlp_http") if s.with_jaeger else None,
             jaeger_query=url("http", "jaeger_query") if s.with_jaeger else None,
             processes={r.name: r.alive() for r in self.procs.records()},
+            rss_mib={r.name: round(_tree_rss(r) / 2**20, 1) for r in self.procs.records()},
         )
 
     # ----- plumbing -----
@@ -494,6 +498,18 @@ class DevStack:
         # explicitly (pantau.triton model bootstrap) to find numpy and onnxruntime in our venv.
         env["PYTHONPATH"] = sysconfig.get_paths()["purelib"]
         return env
+
+
+def _tree_rss(record: ProcessRecord) -> int:
+    """Resident memory of a process and its descendants (Triton's backend stubs, for instance)."""
+    proc = record.process()
+    if proc is None:
+        return 0
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total
 
 
 def _kwok_node(name: str) -> dict[str, Any]:

@@ -1,0 +1,70 @@
+# Pantau — one entry point for setup, the demo and the tests. See README.md.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export PANTAU_CACHE ?= $(HOME)/.cache/pantau
+include tools/versions.env
+TRITON_DIR := $(PANTAU_CACHE)/pytriton-$(PYTRITON_VERSION)
+APT_PACKAGES := gir1.2-gst-rtsp-server-1.0 gir1.2-gstreamer-1.0 python3-gi python3-gst-1.0 \
+	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
+	gstreamer1.0-plugins-ugly gstreamer1.0-libav util-linux
+
+.PHONY: help setup deps venv triton tools lint test test-smoke demo clean-stack
+
+help:
+	@echo "make demo   - set up, then run the local stack until Ctrl-C"
+	@echo "make test   - set up, lint, then run the test suites on the real local stack"
+	@echo "make setup  - Debian packages, Python venv, Triton, Go-built stack binaries (cached)"
+
+setup: deps venv triton tools
+
+# Debian packages for the RTSP test cameras (GStreamer RTSP server through the system python3-gi).
+deps:
+	@if dpkg-query -W -f='$${Status}\n' $(APT_PACKAGES) 2>/dev/null | grep -qv 'install ok installed' \
+	    || [ $$(dpkg-query -W -f='$${Status}\n' $(APT_PACKAGES) 2>/dev/null | wc -l) -ne $(words $(APT_PACKAGES)) ]; then \
+	  echo "installing Debian packages: $(APT_PACKAGES)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
+	else echo "Debian packages: present"; fi
+
+# The project's environment; reinstalled when pyproject.toml changes.
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 needed"'
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# Triton's own binary, from the nvidia-pytriton wheel, in a target directory of its own
+# (the wheel pins numpy<2, which must not leak into the project's environment).
+triton: $(TRITON_DIR)/.installed
+$(TRITON_DIR)/.installed:
+	rm -rf $(TRITON_DIR)
+	$(PYTHON) -m pip install -q --no-compile --target $(TRITON_DIR) nvidia-pytriton==$(PYTRITON_VERSION)
+	test -x $(TRITON_DIR)/pytriton/tritonserver/bin/tritonserver
+	touch $@
+
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, helm, Jaeger:
+# built from the Go module proxy into $(PANTAU_CACHE)/bin, skipped when already built.
+tools:
+	tools/build.sh
+
+lint: venv
+	$(VENV)/bin/ruff check operator tests
+	$(VENV)/bin/ruff format --check operator tests
+	$(VENV)/bin/mypy
+
+test: setup lint
+	$(VENV)/bin/pytest tests
+
+test-smoke: setup
+	$(VENV)/bin/pytest -m smoke tests
+
+demo: setup
+	$(VENV)/bin/pantau dev up --wait
+
+clean-stack:
+	-$(VENV)/bin/pantau dev down --purge

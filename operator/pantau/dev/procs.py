@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -97,6 +98,18 @@ class ProcessTable:
         log_name: str | None = None,
     ) -> ProcessRecord:
         """Start `argv` in its own session with output appended to `<log_dir>/<name>.log`."""
+        return self.start(name, argv, env=env, cwd=cwd, log_name=log_name)[0]
+
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        log_name: str | None = None,
+    ) -> tuple[ProcessRecord, subprocess.Popen[bytes]]:
+        """Like `spawn`, also returning the Popen: the only holder of the child's exit status."""
         self.pid_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{log_name or name}.log"
@@ -120,10 +133,8 @@ class ProcessTable:
         tmp = self._path(name).with_suffix(".tmp")
         tmp.write_text(record.model_dump_json())
         tmp.replace(self._path(name))
-        # The Popen object is dropped on purpose: the process outlives this Python process.
-        # Reap it if it exits while we are still alive, so it does not linger as a zombie.
         _reap_later(proc)
-        return record
+        return record, proc
 
     def stop(self, name: str, grace: float = 10.0) -> None:
         rec = self.get(name)
@@ -139,12 +150,17 @@ class ProcessTable:
             self.stop(name, grace)
 
 
+# The processes outlive this Python process, so their Popen objects are not waited on by
+# anyone in particular; polling them now and then reaps those that exit while we still run,
+# so they don't linger as zombies (the exit status stays in the Popen object).
 _children: list[subprocess.Popen[bytes]] = []
+_children_lock = threading.Lock()
 
 
 def _reap_later(proc: subprocess.Popen[bytes]) -> None:
-    _children.append(proc)
-    _children[:] = [p for p in _children if p.poll() is None]
+    with _children_lock:
+        _children.append(proc)
+        _children[:] = [p for p in _children if p.poll() is None]
 
 
 def terminate(rec: ProcessRecord, grace: float) -> None:
@@ -158,8 +174,9 @@ def terminate(rec: ProcessRecord, grace: float) -> None:
     if alive:
         _signal_group(rec.pid, alive, signal.SIGKILL)
         psutil.wait_procs(alive, timeout=5)
-    for p in _children:
-        p.poll()
+    with _children_lock:
+        for p in _children:
+            p.poll()
 
 
 def _group_members(proc: psutil.Process) -> list[psutil.Process]:

@@ -494,9 +494,10 @@ class DevStack:
             str(sysconfig.get_config_var("LIBDIR")),
         ]
         env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
-        # The embedded interpreter of the Python backend ignores PYTHONPATH; model code reads it
-        # explicitly (pantau.triton model bootstrap) to find numpy and onnxruntime in our venv.
-        env["PYTHONPATH"] = sysconfig.get_paths()["purelib"]
+        # Model code runs in the Python backend's embedded interpreter, whose stub is built for
+        # numpy 1.x: it must import the wheel's numpy<2 from the Triton directory, never the
+        # venv's numpy 2. That interpreter ignores PYTHONPATH, so model code reads it explicitly.
+        env["PYTHONPATH"] = str(self.settings.triton_dir)
         return env
 
 

@@ -1,0 +1,3 @@
+from pantau.dev.nodeagent.cli import main
+
+main()

@@ -80,20 +80,43 @@ def gone(core: client.CoreV1Api, ns: str, name: str) -> bool:
 def test_pod_runs_on_its_loopback_address(agent_stack: DevStack, core: client.CoreV1Api, ns: str) -> None:
     port = free_port()
     pod_ip_env = {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
-    core.create_namespaced_pod(ns, pod("web", [{
-        "name": "web", "image": "python",
-        "command": ["python", "-m", "http.server", str(port), "--bind", "$(POD_IP)"],
-        "env": [pod_ip_env],
-        "readinessProbe": {"httpGet": {"path": "/", "port": port}, "periodSeconds": 1},
-    }]))
+    core.create_namespaced_pod(
+        ns,
+        pod(
+            "web",
+            [
+                {
+                    "name": "web",
+                    "image": "python",
+                    "command": ["python", "-m", "http.server", str(port), "--bind", "$(POD_IP)"],
+                    "env": [pod_ip_env],
+                    "readinessProbe": {"httpGet": {"path": "/", "port": port}, "periodSeconds": 1},
+                }
+            ],
+        ),
+    )
     refs = {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace", "NODE_NAME": "spec.nodeName"}
-    core.create_namespaced_pod(ns, pod("env", [{
-        "name": "main", "image": "python",
-        "command": ["python", "-c", "import os; print('ENV', *(os.environ[k] for k in "
-                    "('POD_NAME', 'POD_NAMESPACE', 'NODE_NAME', 'POD_IP')))"],
-        "env": [{"name": k, "valueFrom": {"fieldRef": {"fieldPath": v}}} for k, v in refs.items()]
-        + [pod_ip_env],
-    }], restartPolicy="Never"))
+    core.create_namespaced_pod(
+        ns,
+        pod(
+            "env",
+            [
+                {
+                    "name": "main",
+                    "image": "python",
+                    "command": [
+                        "python",
+                        "-c",
+                        "import os; print('ENV', *(os.environ[k] for k in "
+                        "('POD_NAME', 'POD_NAMESPACE', 'NODE_NAME', 'POD_IP')))",
+                    ],
+                    "env": [{"name": k, "valueFrom": {"fieldRef": {"fieldPath": v}}} for k, v in refs.items()]
+                    + [pod_ip_env],
+                }
+            ],
+            restartPolicy="Never",
+        ),
+    )
 
     web = wait_for(lambda: ready(core, ns, "web"), timeout=60, what="pod web Ready")
     ip = web["status"]["podIP"]
@@ -124,15 +147,25 @@ def test_pod_acts_as_its_service_account(agent_stack: DevStack, core: client.Cor
     for sa in ("nobody", "reader"):
         meta = client.V1ObjectMeta(name=sa)
         core.create_namespaced_service_account(ns, client.V1ServiceAccount(metadata=meta))
-    rbac.create_namespaced_role(ns, client.V1Role.model_validate({
-        "metadata": {"name": "pod-reader"},
-        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}],
-    }))
-    rbac.create_namespaced_role_binding(ns, client.V1RoleBinding.model_validate({
-        "metadata": {"name": "reader"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"},
-        "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": ns}],
-    }))
+    rbac.create_namespaced_role(
+        ns,
+        client.V1Role.model_validate(
+            {
+                "metadata": {"name": "pod-reader"},
+                "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}],
+            }
+        ),
+    )
+    rbac.create_namespaced_role_binding(
+        ns,
+        client.V1RoleBinding.model_validate(
+            {
+                "metadata": {"name": "reader"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"},
+                "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": ns}],
+            }
+        ),
+    )
     script = textwrap.dedent("""\
         from kubernetes import client, config
         config.load_incluster_config()  # token, CA and API address as in a cluster
@@ -146,12 +179,21 @@ def test_pod_acts_as_its_service_account(agent_stack: DevStack, core: client.Cor
                 print("RBAC", what, exc.status)
         """)
     for sa in ("nobody", "reader"):
-        core.create_namespaced_pod(ns, pod(sa, [{"name": "main", "image": "python",
-                                                 "command": ["python", "-c", script]}],
-                                           serviceAccountName=sa, restartPolicy="Never"))
+        core.create_namespaced_pod(
+            ns,
+            pod(
+                sa,
+                [{"name": "main", "image": "python", "command": ["python", "-c", script]}],
+                serviceAccountName=sa,
+                restartPolicy="Never",
+            ),
+        )
     for sa in ("nobody", "reader"):
-        wait_for(lambda s=sa: phase(core, ns, s, "Succeeded"),  # type: ignore[misc]
-                 timeout=90, what=f"pod {sa} Succeeded")
+        wait_for(
+            lambda s=sa: phase(core, ns, s, "Succeeded"),  # type: ignore[misc]
+            timeout=90,
+            what=f"pod {sa} Succeeded",
+        )
     nobody = container_log(agent_stack, ns, "nobody", "main")
     reader = container_log(agent_stack, ns, "reader", "main")
     assert "RBAC secrets 403" in nobody, nobody
@@ -161,8 +203,10 @@ def test_pod_acts_as_its_service_account(agent_stack: DevStack, core: client.Cor
 
 
 def test_crashing_container_backs_off(core: client.CoreV1Api, ns: str) -> None:
-    core.create_namespaced_pod(ns, pod("crash", [{"name": "main", "image": "python",
-                                                  "command": ["sh", "-c", "echo crashing; exit 1"]}]))
+    core.create_namespaced_pod(
+        ns,
+        pod("crash", [{"name": "main", "image": "python", "command": ["sh", "-c", "echo crashing; exit 1"]}]),
+    )
 
     def crash_looping() -> JSON | None:
         status: JSON = read(core, ns, "crash")["status"]["containerStatuses"][0]
@@ -178,14 +222,28 @@ def test_crashing_container_backs_off(core: client.CoreV1Api, ns: str) -> None:
 
 def test_failing_liveness_probe_restarts_container(core: client.CoreV1Api, ns: str) -> None:
     port = free_port()
-    core.create_namespaced_pod(ns, pod("live", [{
-        "name": "main", "image": "python",
-        "command": ["python", "-m", "http.server", str(port), "--bind", "$(POD_IP)"],
-        "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
-        # http.server answers 404 here: the container is alive but fails its liveness probe.
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": port}, "initialDelaySeconds": 1,
-                          "periodSeconds": 1, "failureThreshold": 2},
-    }], terminationGracePeriodSeconds=5))
+    core.create_namespaced_pod(
+        ns,
+        pod(
+            "live",
+            [
+                {
+                    "name": "main",
+                    "image": "python",
+                    "command": ["python", "-m", "http.server", str(port), "--bind", "$(POD_IP)"],
+                    "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+                    # http.server answers 404 here: the container is alive but fails its liveness probe.
+                    "livenessProbe": {
+                        "httpGet": {"path": "/healthz", "port": port},
+                        "initialDelaySeconds": 1,
+                        "periodSeconds": 1,
+                        "failureThreshold": 2,
+                    },
+                }
+            ],
+            terminationGracePeriodSeconds=5,
+        ),
+    )
 
     def restarted() -> JSON | None:
         status = read(core, ns, "live")["status"].get("containerStatuses") or [{}]
@@ -204,8 +262,9 @@ def test_node_is_local_and_kwok_nodes_are_left_alone(
     lease = client.CoordinationV1Api(core.api_client).read_namespaced_lease("pantau-local", "kube-node-lease")
     assert lease.spec.holder_identity == "pantau-local"
     # A pod on a kwok node is kwok's: it runs there without a local process.
-    core.create_namespaced_pod(ns, pod("fake", [{"name": "main", "image": "python"}],
-                                       nodeSelector={"type": "kwok"}))
+    core.create_namespaced_pod(
+        ns, pod("fake", [{"name": "main", "image": "python"}], nodeSelector={"type": "kwok"})
+    )
     fake = wait_for(lambda: phase(core, ns, "fake", "Running"), timeout=60, what="kwok pod Running")
     assert fake["spec"]["nodeName"].startswith("kwok-node-")
     pids = Path(agent_stack.settings.pid_dir)

@@ -85,8 +85,16 @@ def test_status_json_has_the_documented_keys(dev_stack: DevStack) -> None:
     ):
         assert info[key], key
     components = {n: alive for n, alive in info["processes"].items() if not n.startswith("pod-")}
-    assert set(components) == {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
-                               "kwok", "node-agent", "triton", "jaeger"}
+    assert set(components) == {
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kwok",
+        "node-agent",
+        "triton",
+        "jaeger",
+    }
     assert all(components.values()), components
     # Every listener of the stack is on loopback.
     for key in ("triton_grpc", "triton_http", "jaeger_otlp_grpc", "jaeger_query", "api_server"):

@@ -53,8 +53,9 @@ class Agent:
             path.mkdir(parents=True, exist_ok=True)
         self.ctx.mount_ok = mount_namespaces_work()
         if not self.ctx.mount_ok:
-            log.warning("no private mount namespaces: pods find their token through "
-                        "PANTAU_SERVICEACCOUNT_DIR only")
+            log.warning(
+                "no private mount namespaces: pods find their token through PANTAU_SERVICEACCOUNT_DIR only"
+            )
         node = NodeKeeper(self.kube, cfg.node_name, HOST_IP, stopping)
         while not stopping.is_set():
             try:
@@ -175,4 +176,3 @@ class Agent:
 
 class _Relist(Exception):
     """The watch's resourceVersion is too old (410 Gone)."""
-

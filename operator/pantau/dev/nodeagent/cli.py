@@ -28,17 +28,26 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
     p.add_argument("--backoff-cap", type=float, default=300.0, help="longest CrashLoopBackOff delay (s)")
     a = p.parse_args(argv)
     return AgentConfig(
-        kubeconfig=a.kubeconfig, node_name=a.node_name, api_host=a.api_host, api_port=a.api_port,
-        ca_file=a.ca_file, pid_dir=a.pid_dir, log_dir=a.log_dir, work_dir=a.work_dir,
-        python_bin_dir=a.python_bin_dir, pod_ip_prefix=a.pod_ip_prefix,
-        backoff_base=a.backoff_base, backoff_cap=a.backoff_cap,
+        kubeconfig=a.kubeconfig,
+        node_name=a.node_name,
+        api_host=a.api_host,
+        api_port=a.api_port,
+        ca_file=a.ca_file,
+        pid_dir=a.pid_dir,
+        log_dir=a.log_dir,
+        work_dir=a.work_dir,
+        python_bin_dir=a.python_bin_dir,
+        pod_ip_prefix=a.pod_ip_prefix,
+        backoff_base=a.backoff_base,
+        backoff_cap=a.backoff_cap,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse_args(argv)
     logging.basicConfig(
-        stream=sys.stdout, level=logging.INFO,
+        stream=sys.stdout,
+        level=logging.INFO,
         format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per probe is noise

@@ -154,8 +154,11 @@ def container_env(
         elif "fieldRef" in source:
             env[name] = field_ref(pod, source["fieldRef"]["fieldPath"])
         elif "secretKeyRef" in source or "configMapKeyRef" in source:
-            kind, ref = (("Secret", source["secretKeyRef"]) if "secretKeyRef" in source
-                         else ("ConfigMap", source["configMapKeyRef"]))
+            kind, ref = (
+                ("Secret", source["secretKeyRef"])
+                if "secretKeyRef" in source
+                else ("ConfigMap", source["configMapKeyRef"])
+            )
             value = resolver.key_ref(kind, ref)
             if value is not None:
                 env[name] = value

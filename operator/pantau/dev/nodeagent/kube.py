@@ -36,7 +36,8 @@ class Kube:
     def __init__(self, kubeconfig: Path, timeout: float = 15.0) -> None:
         cfg = client.Configuration()
         config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=str(kubeconfig), client_configuration=cfg, persist_config=False)
+            config_file=str(kubeconfig), client_configuration=cfg, persist_config=False
+        )
         # One connection per busy thread (watch, heartbeats, pod workers) without pool-full churn.
         cfg.connection_pool_maxsize = 64
         self._api = client.ApiClient(cfg)
@@ -55,8 +56,12 @@ class Kube:
         if body is not None:
             headers["Content-Type"] = content_type
         method, url, headers, data, _ = self._api.param_serialize(
-            method, path, query_params=list((query or {}).items()), header_params=headers,
-            body=body, auth_settings=["BearerToken"],
+            method,
+            path,
+            query_params=list((query or {}).items()),
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
         )
         return self._api.call_api(method, url, header_params=headers, body=data, _request_timeout=timeout)
 

@@ -60,17 +60,22 @@ class NodeKeeper:
         """Create the Node (or adopt an existing one) and report it Ready."""
         path = f"/api/v1/nodes/{self.name}"
         try:
-            node = self.kube.post("/api/v1/nodes", {
-                "apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": self.name, "labels": node_labels(self.name)},
-            })
+            node = self.kube.post(
+                "/api/v1/nodes",
+                {
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "metadata": {"name": self.name, "labels": node_labels(self.name)},
+                },
+            )
             log.info("registered node %s", self.name)
         except ApiError as exc:
             if exc.status != 409:
                 raise
             # Ours from an earlier run: refresh the labels; kwok must never claim it.
-            node = self.kube.patch(path, {"metadata": {
-                "labels": node_labels(self.name), "annotations": {KWOK_ANNOTATION: None}}})
+            node = self.kube.patch(
+                path, {"metadata": {"labels": node_labels(self.name), "annotations": {KWOK_ANNOTATION: None}}}
+            )
             log.info("node %s exists; adopting it", self.name)
         self._uid = node["metadata"]["uid"]
         for cond in node.get("status", {}).get("conditions", []):
@@ -85,20 +90,36 @@ class NodeKeeper:
             prev = self._transitions.get(ctype)
             since = prev[1] if prev is not None and prev[0] == value else now
             self._transitions[ctype] = (value, since)
-            conditions.append({"type": ctype, "status": value, "reason": reason, "message": message,
-                               "lastHeartbeatTime": now, "lastTransitionTime": since})
+            conditions.append(
+                {
+                    "type": ctype,
+                    "status": value,
+                    "reason": reason,
+                    "message": message,
+                    "lastHeartbeatTime": now,
+                    "lastTransitionTime": since,
+                }
+            )
         status: JSON = {
             "capacity": RESOURCES,
             "allocatable": RESOURCES,
             "conditions": conditions,
-            "addresses": [{"type": "InternalIP", "address": self.host_ip},
-                          {"type": "Hostname", "address": self.name}],
+            "addresses": [
+                {"type": "InternalIP", "address": self.host_ip},
+                {"type": "Hostname", "address": self.name},
+            ],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
             "nodeInfo": {
-                "machineID": "", "systemUUID": "", "bootID": "",
-                "kernelVersion": platform.release(), "osImage": "pantau local node agent",
-                "containerRuntimeVersion": "pantau-local://0.1", "kubeletVersion": KUBELET_VERSION,
-                "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64",
+                "machineID": "",
+                "systemUUID": "",
+                "bootID": "",
+                "kernelVersion": platform.release(),
+                "osImage": "pantau local node agent",
+                "containerRuntimeVersion": "pantau-local://0.1",
+                "kubeletVersion": KUBELET_VERSION,
+                "kubeProxyVersion": "",
+                "operatingSystem": "linux",
+                "architecture": "amd64",
             },
         }
         # Merge patch replaces lists whole: addresses and conditions are ours alone.
@@ -106,19 +127,31 @@ class NodeKeeper:
 
     def renew_lease(self) -> None:
         path = f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases/{self.name}"
-        spec = {"holderIdentity": self.name, "leaseDurationSeconds": LEASE_DURATION,
-                "renewTime": micro_time()}
+        spec = {
+            "holderIdentity": self.name,
+            "leaseDurationSeconds": LEASE_DURATION,
+            "renewTime": micro_time(),
+        }
         try:
             self.kube.patch(path, {"spec": spec})
         except ApiError as exc:
             if exc.status != 404:
                 raise
-            self.kube.post(f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases", {
-                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": self.name, "namespace": LEASE_NAMESPACE, "ownerReferences": [
-                    {"apiVersion": "v1", "kind": "Node", "name": self.name, "uid": self._uid}]},
-                "spec": spec,
-            })
+            self.kube.post(
+                f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases",
+                {
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease",
+                    "metadata": {
+                        "name": self.name,
+                        "namespace": LEASE_NAMESPACE,
+                        "ownerReferences": [
+                            {"apiVersion": "v1", "kind": "Node", "name": self.name, "uid": self._uid}
+                        ],
+                    },
+                    "spec": spec,
+                },
+            )
 
     def run(self) -> None:
         last_status = time.monotonic()

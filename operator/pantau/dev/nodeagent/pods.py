@@ -47,13 +47,26 @@ def running(started_at: str) -> JSON:
 
 
 def terminated(
-    code: int, reason: str, started_at: str | None, finished_at: str, container_id: str | None,
-    message: str | None = None, sig: int | None = None,
+    code: int,
+    reason: str,
+    started_at: str | None,
+    finished_at: str,
+    container_id: str | None,
+    message: str | None = None,
+    sig: int | None = None,
 ) -> JSON:
-    return _state("terminated", {
-        "exitCode": code, "signal": sig, "reason": reason, "message": message,
-        "startedAt": started_at, "finishedAt": finished_at, "containerID": container_id or None,
-    })
+    return _state(
+        "terminated",
+        {
+            "exitCode": code,
+            "signal": sig,
+            "reason": reason,
+            "message": message,
+            "startedAt": started_at,
+            "finishedAt": finished_at,
+            "containerID": container_id or None,
+        },
+    )
 
 
 def _normalize(state: JSON | None) -> JSON:
@@ -63,9 +76,15 @@ def _normalize(state: JSON | None) -> JSON:
         value = state.get(kind)
         if value:
             if kind == "terminated":
-                return terminated(int(value.get("exitCode", 0)), str(value.get("reason", "")),
-                                  value.get("startedAt"), str(value.get("finishedAt") or rfc3339()),
-                                  value.get("containerID"), value.get("message"), value.get("signal"))
+                return terminated(
+                    int(value.get("exitCode", 0)),
+                    str(value.get("reason", "")),
+                    value.get("startedAt"),
+                    str(value.get("finishedAt") or rfc3339()),
+                    value.get("containerID"),
+                    value.get("message"),
+                    value.get("signal"),
+                )
             if kind == "running":
                 return running(str(value.get("startedAt") or rfc3339()))
             return waiting(str(value.get("reason", "")), value.get("message"))
@@ -191,8 +210,10 @@ class PodWorker:
             self.terminal = str(status["phase"])
             self._frozen = True
             return
-        previous = {s["name"]: s for s in (status.get("initContainerStatuses") or [])
-                    + (status.get("containerStatuses") or [])}
+        previous = {
+            s["name"]: s
+            for s in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])
+        }
         for c in self.all_containers:
             prev = previous.get(c.name)
             if prev is not None:
@@ -206,7 +227,8 @@ class PodWorker:
                 c.proc, c.ever_started = proc, True
                 c.run_started = time.monotonic() - max(0.0, time.time() - proc.record.create_time)
                 c.started_at = (prev_state.get("running") or {}).get("startedAt") or rfc3339(
-                    proc.record.create_time)
+                    proc.record.create_time
+                )
                 c.container_id = f"pantau-local://{proc.pid}"
                 c.state = running(c.started_at)
                 c.probes = {} if c.init else probers(c.spec, c.run_started)
@@ -332,8 +354,15 @@ class PodWorker:
             c.restart_count += 1
         c.ever_started, c.run_started = True, now
         exe = argv[0] if argv else ""
-        found = (os.access(cwd / exe, os.X_OK) if "/" in exe
-                 else shutil.which(exe, path=env.get("PATH", "")) is not None) if exe else False
+        found = (
+            (
+                os.access(cwd / exe, os.X_OK)
+                if "/" in exe
+                else shutil.which(exe, path=env.get("PATH", "")) is not None
+            )
+            if exe
+            else False
+        )
         if not found:
             message = f'exec: "{exe}": executable file not found in $PATH'
             self._start_failed(c, now, message)
@@ -353,8 +382,14 @@ class PodWorker:
         c.ready = not c.init and c.started and "readiness" not in c.probes
         c.kill_deadline = None
         command = shlex.join(argv)
-        log.info("pod %s: started container %s (pid %d, restarts %d): %s", self.key, c.name, proc.pid,
-                 c.restart_count, command if len(command) < 300 else command[:300] + "...")
+        log.info(
+            "pod %s: started container %s (pid %d, restarts %d): %s",
+            self.key,
+            c.name,
+            proc.pid,
+            c.restart_count,
+            command if len(command) < 300 else command[:300] + "...",
+        )
 
     def _start_failed(self, c: Container, now: float, message: str) -> None:
         log.warning("pod %s: container %s failed to start: %s", self.key, c.name, message)
@@ -368,8 +403,9 @@ class PodWorker:
             reason, message = ("Completed" if status.code == 0 else "Error"), None
         else:
             reason, message = "ContainerStatusUnknown", "The container could not be located"
-        term = terminated(status.code, reason, c.started_at, rfc3339(), c.container_id, message,
-                          status.signal)
+        term = terminated(
+            status.code, reason, c.started_at, rfc3339(), c.container_id, message, status.signal
+        )
         log.info("pod %s: container %s exited: %s %d", self.key, c.name, reason, status.code)
         c.proc, c.ready, c.started, c.kill_deadline, c.probes = None, False, False, None, {}
         self._after_exit(c, term, status.code, time.monotonic())
@@ -386,10 +422,14 @@ class PodWorker:
             c.backoff = min(cfg.backoff_cap, cfg.backoff_base if delay == 0 else delay * 2)
             c.next_start = now + delay
             c.last_state = term
-            c.state = term if delay == 0 else waiting(
-                "CrashLoopBackOff",
-                f"back-off {delay:.0f}s restarting failed container={c.name} "
-                f"pod={self.name}_{self.namespace}({self.uid})",
+            c.state = (
+                term
+                if delay == 0
+                else waiting(
+                    "CrashLoopBackOff",
+                    f"back-off {delay:.0f}s restarting failed container={c.name} "
+                    f"pod={self.name}_{self.namespace}({self.uid})",
+                )
             )
         else:
             c.done, c.state = True, term
@@ -470,8 +510,12 @@ class PodWorker:
         return True
 
     def _delete_object(self) -> None:
-        body = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
-                "preconditions": {"uid": self.uid}}
+        body = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "gracePeriodSeconds": 0,
+            "preconditions": {"uid": self.uid},
+        }
         try:
             self.ctx.kube.delete(f"/api/v1/namespaces/{self.namespace}/pods/{self.name}", body)
         except ApiError as exc:
@@ -544,8 +588,14 @@ class PodWorker:
         prev = self._transitions.get(ctype)
         since = prev[1] if prev is not None and prev[0] == status and prev[1] else rfc3339()
         self._transitions[ctype] = (status, since)
-        return {"type": ctype, "status": status, "reason": None if ok else reason,
-                "message": None if ok else message, "lastProbeTime": None, "lastTransitionTime": since}
+        return {
+            "type": ctype,
+            "status": status,
+            "reason": None if ok else reason,
+            "message": None if ok else message,
+            "lastProbeTime": None,
+            "lastTransitionTime": since,
+        }
 
     def _conditions(self, phase: str) -> list[JSON]:
         done = phase in (SUCCEEDED, FAILED)
@@ -562,12 +612,19 @@ class PodWorker:
                 ready = self._condition("Ready", False, "ContainersNotReady", message)
             else:
                 ready = self._condition(
-                    "Ready", not gates, "ReadinessGatesNotReady",
-                    f"corresponding condition of pod readiness gate {gates[:1]} is not True")
+                    "Ready",
+                    not gates,
+                    "ReadinessGatesNotReady",
+                    f"corresponding condition of pod readiness gate {gates[:1]} is not True",
+                )
         return [
             self._condition("PodReadyToStartContainers", self.sandbox_ready and not done),
-            self._condition("Initialized", not incomplete, "ContainersNotInitialized",
-                            f"containers with incomplete status: [{' '.join(incomplete)}]"),
+            self._condition(
+                "Initialized",
+                not incomplete,
+                "ContainersNotInitialized",
+                f"containers with incomplete status: [{' '.join(incomplete)}]",
+            ),
             containers_ready,
             ready,
         ]
@@ -620,8 +677,11 @@ class PodWorker:
         if status == self._published:
             return
         try:
-            self.ctx.kube.patch(f"/api/v1/namespaces/{self.namespace}/pods/{self.name}/status",
-                                {"status": status}, STRATEGIC_PATCH)
+            self.ctx.kube.patch(
+                f"/api/v1/namespaces/{self.namespace}/pods/{self.name}/status",
+                {"status": status},
+                STRATEGIC_PATCH,
+            )
         except ApiError as exc:
             if exc.status == 404:
                 return  # deleted: the watch will tell us
@@ -648,4 +708,3 @@ class PodWorker:
         cfg = self.ctx.config
         sa_dir = self.tokens.directory if self.tokens is not None else None
         return base_env(self._snapshot(), cfg.python_bin_dir, cfg.api_host, cfg.api_port, sa_dir)
-

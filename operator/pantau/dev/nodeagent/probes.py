@@ -60,12 +60,11 @@ def tcp_check(host: str, port: int, timeout: float) -> tuple[bool, str]:
         return False, f"dial tcp {host}:{port}: {exc}"
 
 
-def exec_check(
-    argv: Sequence[str], env: Mapping[str, str], cwd: Path, timeout: float
-) -> tuple[bool, str]:
+def exec_check(argv: Sequence[str], env: Mapping[str, str], cwd: Path, timeout: float) -> tuple[bool, str]:
     try:
-        done = subprocess.run(list(argv), env=dict(env), cwd=cwd, capture_output=True,
-                              timeout=timeout, check=False)
+        done = subprocess.run(
+            list(argv), env=dict(env), cwd=cwd, capture_output=True, timeout=timeout, check=False
+        )
     except subprocess.TimeoutExpired:
         return False, f"command timed out after {timeout:.0f}s"
     except OSError as exc:

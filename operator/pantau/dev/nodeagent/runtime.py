@@ -19,8 +19,10 @@ from pathlib import Path
 from pantau.dev.nodeagent.env import SA_MOUNT
 from pantau.dev.procs import ProcessRecord, ProcessTable
 
-_MOUNT = (f'mount --bind -o ro "$1" {SA_MOUNT} '
-          '|| { echo "pantau-local: cannot mount $1" >&2; exit 126; }; shift; ')
+_MOUNT = (
+    f'mount --bind -o ro "$1" {SA_MOUNT} '
+    '|| { echo "pantau-local: cannot mount $1" >&2; exit 126; }; shift; '
+)
 
 
 def record_name(namespace: str, pod: str, container: str) -> str:

@@ -53,20 +53,30 @@ class TokenFiles:
             "kind": "TokenRequest",
             "spec": {
                 "expirationSeconds": TOKEN_SECONDS,
-                "boundObjectRef": {"apiVersion": "v1", "kind": "Pod",
-                                   "name": self.pod_name, "uid": self.pod_uid},
+                "boundObjectRef": {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "name": self.pod_name,
+                    "uid": self.pod_uid,
+                },
             },
         }
         resp = self.kube.post(
-            f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{self.account}/token", body)
+            f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{self.account}/token", body
+        )
         lifetime = float(resp.get("spec", {}).get("expirationSeconds") or TOKEN_SECONDS)
         self.directory.mkdir(parents=True, exist_ok=True)
         _write(self.directory / "ca.crt", self.ca_file.read_text())
         _write(self.directory / "namespace", self.namespace)
         _write(self.directory / "token", str(resp["status"]["token"]))
         self._refresh_at = time.monotonic() + REFRESH_AT * lifetime
-        log.info("pod %s/%s: token for ServiceAccount %s written (valid %.0f s)",
-                 self.namespace, self.pod_name, self.account, lifetime)
+        log.info(
+            "pod %s/%s: token for ServiceAccount %s written (valid %.0f s)",
+            self.namespace,
+            self.pod_name,
+            self.account,
+            lifetime,
+        )
 
 
 def wants_token(kube: Kube, pod: JSON) -> bool:
@@ -95,7 +105,10 @@ def mount_namespaces_work() -> bool:
         try:
             done = subprocess.run(
                 ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, tmp],
-                capture_output=True, timeout=20, check=False)
+                capture_output=True,
+                timeout=20,
+                check=False,
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             log.warning("mount namespace check failed: %s", exc)
             return False

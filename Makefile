@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PANTAU_CACHE ?= $(HOME)/.cache/pantau
 include tools/versions.env
-TRITON_DIR := $(PANTAU_CACHE)/pytriton-$(PYTRITON_VERSION)
+TRITON_DIR := $(PANTAU_CACHE)/pytriton-$(PYTRITON_VERSION)-ort-$(ONNXRUNTIME_VERSION)-pillow-$(PILLOW_VERSION)
 APT_PACKAGES := gir1.2-gst-rtsp-server-1.0 gir1.2-gstreamer-1.0 python3-gi python3-gst-1.0 \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
 	gstreamer1.0-plugins-ugly gstreamer1.0-libav util-linux
@@ -35,15 +35,17 @@ $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 needed"'
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev]' onnxruntime==$(ONNXRUNTIME_VERSION)
 	touch $@
 
 # Triton's own binary, from the nvidia-pytriton wheel, in a target directory of its own
-# (the wheel pins numpy<2, which must not leak into the project's environment).
+# (the wheel pins numpy<2, which must not leak into the project's environment), with what the
+# Python-backend models import: onnxruntime and Pillow.
 triton: $(TRITON_DIR)/.installed
 $(TRITON_DIR)/.installed:
 	rm -rf $(TRITON_DIR)
-	$(PYTHON) -m pip install -q --no-compile --target $(TRITON_DIR) nvidia-pytriton==$(PYTRITON_VERSION)
+	$(PYTHON) -m pip install -q --no-compile --target $(TRITON_DIR) nvidia-pytriton==$(PYTRITON_VERSION) \
+	  onnxruntime==$(ONNXRUNTIME_VERSION) pillow==$(PILLOW_VERSION)
 	test -x $(TRITON_DIR)/pytriton/tritonserver/bin/tritonserver
 	touch $@
 
@@ -53,8 +55,8 @@ tools:
 	tools/build.sh
 
 lint: venv
-	$(VENV)/bin/ruff check operator tests
-	$(VENV)/bin/ruff format --check operator tests
+	$(VENV)/bin/ruff check operator tests inference
+	$(VENV)/bin/ruff format --check operator tests inference
 	$(VENV)/bin/mypy
 
 test: setup lint

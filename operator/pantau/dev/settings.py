@@ -75,7 +75,8 @@ class DevSettings(BaseSettings):
     @property
     def triton_dir(self) -> Path:
         """Target directory of the nvidia-pytriton wheel (its own: the wheel pins numpy<2)."""
-        return self.cache_dir / f"pytriton-{self.versions['pytriton']}"
+        v = self.versions
+        return self.cache_dir / f"pytriton-{v['pytriton']}-ort-{v['onnxruntime']}-pillow-{v['pillow']}"
 
     @property
     def log_dir(self) -> Path:

@@ -1,0 +1,1 @@
+"""Inference: the Triton contract, the YOLOX pre/post-processing and the clients."""

@@ -1,0 +1,233 @@
+"""Async detector client: frames from many cameras, batched into few gRPC calls to Triton.
+
+Callers `await detector.detect(frame)` concurrently (one task per camera, say). A batcher
+collects frames for up to `max_delay` or `max_batch` frames, then sends one request; at most
+`max_in_flight` requests are outstanding, so a slow server pushes back on the callers instead of
+piling up work. Each request has a deadline; UNAVAILABLE (server restarting, overloaded
+connection) is retried with capped, jittered exponential back-off; results are split back to
+the frames they belong to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import av
+import numpy as np
+from tritonclient.grpc import aio as grpcaio
+from tritonclient.utils import InferenceServerException
+
+from pantau.triton import contract, yolox
+
+Wire = Literal["uint8", "jpeg"]
+
+
+class InferenceError(RuntimeError):
+    """A frame could not be detected; `reason` is a status-condition style word."""
+
+    def __init__(
+        self, reason: Literal["TritonUnavailable", "Timeout", "InferenceFailed"], message: str
+    ) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    url: str  # host:port of Triton's gRPC endpoint
+    wire: Wire = "uint8"
+    max_batch: int = 8
+    max_delay: float = 0.005  # seconds a frame may wait for others to fill its batch
+    max_in_flight: int = 4
+    timeout: float = 5.0  # per request, seconds
+    retries: int = 3  # extra attempts on UNAVAILABLE
+    backoff_base: float = 0.2
+    backoff_cap: float = 5.0
+    reconnect_backoff_max: float = 2.0  # gRPC's own default grows to 120 s after an outage
+
+
+def _channel(settings: ClientSettings) -> grpcaio.InferenceServerClient:
+    max_message = 2**31 - 1  # tritonclient's default, dropped when channel_args are given
+    return grpcaio.InferenceServerClient(
+        settings.url,
+        channel_args=[
+            ("grpc.max_send_message_length", max_message),
+            ("grpc.max_receive_message_length", max_message),
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", int(settings.reconnect_backoff_max * 1000)),
+        ],
+    )
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A frame ready to send: letterboxed pixels (uint8 wire) or JPEG bytes (jpeg wire)."""
+
+    orig_hw: tuple[int, int]
+    image: np.ndarray | None = None
+    jpeg: bytes | None = None
+
+
+@dataclass
+class _Pending:
+    frame: Prepared
+    future: asyncio.Future[list[contract.Detection]] = field(repr=False)
+
+
+class Detector:
+    def __init__(self, settings: ClientSettings, input_size: int = 416) -> None:
+        if settings.max_batch > contract.MAX_BATCH:
+            raise ValueError(f"max_batch {settings.max_batch} exceeds the model's {contract.MAX_BATCH}")
+        self.settings = settings
+        self.input_size = input_size
+        self._client = _channel(settings)
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._slots = asyncio.Semaphore(settings.max_in_flight)
+        self._batcher: asyncio.Task[None] | None = None
+        self._sends: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    async def connect(cls, settings: ClientSettings) -> Detector:
+        """A client for the server's model, with the input size read from the model's metadata."""
+        probe = _channel(settings)
+        try:
+            meta = await probe.get_model_metadata(contract.MODEL, contract.VERSION, as_json=True)
+        except InferenceServerException as exc:
+            raise InferenceError(_reason(exc), f"model {contract.MODEL} metadata: {exc.message()}") from exc
+        finally:
+            await probe.close()
+        images = next(i for i in meta["inputs"] if i["name"] == contract.image_input(0).name)
+        return cls(settings, input_size=int(images["shape"][1]))
+
+    def prepare(self, frame: np.ndarray) -> Prepared:
+        """An HxWx3 BGR frame -> what goes on the wire (letterboxed with the shared numpy code)."""
+        hw = (int(frame.shape[0]), int(frame.shape[1]))
+        if self.settings.wire == "jpeg":
+            return Prepared(orig_hw=hw, jpeg=encode_jpeg(frame))
+        return Prepared(orig_hw=hw, image=yolox.letterbox(frame, self.input_size))
+
+    async def detect(self, frame: np.ndarray | Prepared) -> list[contract.Detection]:
+        """Detections of one frame, in the frame's pixels; raises InferenceError."""
+        prepared = frame if isinstance(frame, Prepared) else self.prepare(frame)
+        if self._batcher is None:
+            self._batcher = asyncio.create_task(self._batch_loop(), name="triton-batcher")
+        future: asyncio.Future[list[contract.Detection]] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(prepared, future))
+        return await future
+
+    async def aclose(self) -> None:
+        if self._batcher is not None:
+            self._batcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._batcher
+        for task in list(self._sends):
+            task.cancel()
+        await asyncio.gather(*self._sends, return_exceptions=True)
+        await self._client.close()
+
+    async def __aenter__(self) -> Detector:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ----- batching -----
+
+    async def _batch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            deadline = loop.time() + self.settings.max_delay
+            while len(batch) < self.settings.max_batch:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                except TimeoutError:
+                    break
+            await self._slots.acquire()  # back-pressure: wait for a free in-flight slot
+            task = asyncio.create_task(self._send(batch))
+            self._sends.add(task)
+            task.add_done_callback(self._sends.discard)
+
+    async def _send(self, batch: list[_Pending]) -> None:
+        try:
+            results = await self._infer_with_retries([p.frame for p in batch])
+        except InferenceError as exc:
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+        else:
+            for p, detections in zip(batch, results, strict=True):
+                if not p.future.done():
+                    p.future.set_result(detections)
+        finally:
+            self._slots.release()
+
+    async def _infer_with_retries(self, frames: Sequence[Prepared]) -> list[list[contract.Detection]]:
+        s = self.settings
+        model, inputs = self._request(frames)
+        outputs = [grpcaio.InferRequestedOutput(t.name) for t in contract.OUTPUTS]
+        for attempt in range(s.retries + 1):
+            try:
+                result = await self._client.infer(model, inputs, outputs=outputs, client_timeout=s.timeout)
+                return split_result({t.name: result.as_numpy(t.name) for t in contract.OUTPUTS})
+            except InferenceServerException as exc:
+                reason = _reason(exc)
+                if reason != "TritonUnavailable" or attempt == s.retries:
+                    raise InferenceError(reason, exc.message() or str(exc)) from exc
+            # Full jitter: spreads the retries of many pods hitting one restarted server.
+            await asyncio.sleep(random.uniform(0, min(s.backoff_cap, s.backoff_base * 2**attempt)))  # noqa: S311
+        raise AssertionError("unreachable")
+
+    def _request(self, frames: Sequence[Prepared]) -> tuple[str, list[grpcaio.InferInput]]:
+        if self.settings.wire == "jpeg":
+            blobs = np.array([[f.jpeg] for f in frames], dtype=np.object_)
+            jpeg = grpcaio.InferInput(contract.JPEG.name, list(blobs.shape), contract.JPEG.wire_type)
+            jpeg.set_data_from_numpy(blobs)
+            return contract.JPEG_MODEL, [jpeg]
+        images = np.stack([f.image for f in frames if f.image is not None])
+        hw = np.array([f.orig_hw for f in frames], dtype=np.int32)
+        spec = contract.image_input(self.input_size)
+        inp = grpcaio.InferInput(spec.name, list(images.shape), spec.wire_type)
+        inp.set_data_from_numpy(images)
+        orig = grpcaio.InferInput(contract.ORIG_HW.name, list(hw.shape), contract.ORIG_HW.wire_type)
+        orig.set_data_from_numpy(hw)
+        return contract.MODEL, [inp, orig]
+
+
+def split_result(outputs: Mapping[str, np.ndarray | None]) -> list[list[contract.Detection]]:
+    """Batched, padded outputs -> one list of detections per frame."""
+    counts, boxes, scores, classes = (outputs[t.name] for t in contract.OUTPUTS)
+    if counts is None or boxes is None or scores is None or classes is None:
+        raise InferenceError("InferenceFailed", "response lacks an output")
+    return [
+        [contract.Detection.of(classes[i, k], scores[i, k], boxes[i, k]) for k in range(int(counts[i, 0]))]
+        for i in range(len(counts))
+    ]
+
+
+def encode_jpeg(frame: np.ndarray) -> bytes:
+    """BGR frame -> JPEG bytes with FFmpeg's MJPEG encoder (PyAV), at its default quality."""
+    codec = av.CodecContext.create("mjpeg", "w")
+    codec.width, codec.height = int(frame.shape[1]), int(frame.shape[0])
+    codec.pix_fmt = "yuvj420p"
+    packets = codec.encode(av.VideoFrame.from_ndarray(frame, format="bgr24").reformat(format="yuvj420p"))
+    packets += codec.encode(None)
+    return b"".join(bytes(p) for p in packets)
+
+
+def _reason(exc: InferenceServerException) -> Literal["TritonUnavailable", "Timeout", "InferenceFailed"]:
+    status = str(exc.status() or "")
+    if "UNAVAILABLE" in status:
+        return "TritonUnavailable"
+    if "DEADLINE_EXCEEDED" in status:
+        return "Timeout"
+    return "InferenceFailed"

@@ -5,6 +5,9 @@ batching and retries."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +21,7 @@ from pantau.dev.faultproxy import FaultProxy
 from pantau.dev.procs import ProcessTable
 from pantau.dev.stack import DevStack, StackInfo
 from pantau.triton import builder, contract, yolox
-from pantau.triton.client import ClientSettings, Detector, InferenceError
+from pantau.triton.client import ClientSettings, Detector, InferenceError, encode_jpeg
 from pantau.triton.local import LocalDetector
 
 pytestmark = pytest.mark.integration
@@ -232,3 +235,52 @@ def test_client_retries_while_triton_is_unreachable(
                             raise
 
         asyncio.run(run())
+
+
+def run_detect(stack: DevStack, *args: str) -> subprocess.CompletedProcess[str]:
+    pantau = str(stack.settings.python_bin_dir / "pantau")
+    env = {**os.environ, "COLUMNS": "300"}  # rich wraps error boxes at the terminal width
+    return subprocess.run(
+        [pantau, "detect", *args], capture_output=True, text=True, timeout=300, check=False, env=env
+    )
+
+
+def test_detect_command_on_an_image_and_a_video(
+    dev_stack: DevStack, triton_models: str, footage: dict[int, np.ndarray], shared_dir: Path, tmp_path: Path
+) -> None:
+    image = tmp_path / "frame1.jpg"
+    image.write_bytes(encode_jpeg(footage[1]))
+    done = run_detect(dev_stack, str(image), "--triton", triton_models, "--json")
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert {r["frame"] for r in records} == {1}
+    assert "person" in {r["class"] for r in records}
+    for r in records:
+        x1, y1, x2, y2 = r["box"]
+        assert 0 <= x1 < x2 <= 768
+        assert 0 <= y1 < y2 <= 576
+        assert 0.3 < r["score"] <= 1
+
+    video = run_detect(
+        dev_stack,
+        str(shared_dir / "footage" / "vtest.avi"),
+        "--triton",
+        triton_models,
+        "--every",
+        "200",
+        "--json",
+    )
+    assert video.returncode == 0, video.stderr
+    frames = {json.loads(line)["frame"] for line in video.stdout.splitlines()}
+    assert frames == {1, 201, 401, 601}
+
+
+def test_detect_command_errors_are_clear(dev_stack: DevStack, tmp_path: Path) -> None:
+    missing = run_detect(dev_stack, str(tmp_path / "nope.mp4"))
+    assert missing.returncode != 0
+    assert "is not a file" in missing.stderr
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"not an image")
+    unreachable = run_detect(dev_stack, str(junk), "--triton", "127.0.0.1:1")
+    assert unreachable.returncode == 1
+    assert "TritonUnavailable" in unreachable.stderr

@@ -5,11 +5,12 @@ from __future__ import annotations
 import typer
 
 from pantau.dev.cli import dev_app
-from pantau.triton.cli import model_app
+from pantau.triton.cli import detect, model_app
 
 app = typer.Typer(name="pantau", help="Pantau: CCTV analytics on Kubernetes.", no_args_is_help=True)
 app.add_typer(dev_app, name="dev")
 app.add_typer(model_app, name="model")
+app.command()(detect)
 
 
 if __name__ == "__main__":

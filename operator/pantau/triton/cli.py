@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import json
 from pathlib import Path
 from typing import Annotated
 
+import av
 import typer
 from rich.console import Console
 
 from pantau.triton.builder import BuildOptions, ModelBuildError, Target, build
+from pantau.triton.client import ClientSettings, Detector, InferenceError
 
 model_app = typer.Typer(help="Triton model repositories for the detector.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -39,3 +44,52 @@ def build_command(
         raise typer.Exit(1) from exc
     for name, folder in sorted(written.items()):
         console.print(f"wrote {name}: {folder}")
+
+
+def detect(
+    path: Annotated[Path, typer.Argument(help="An image (JPEG, PNG, ...) or a video file.")],
+    triton: Annotated[
+        str, typer.Option(envvar="PANTAU_TRITON_GRPC", help="Triton's gRPC address, host:port.")
+    ] = "127.0.0.1:8001",
+    every: Annotated[int, typer.Option(min=1, help="Detect on every N-th frame only.")] = 1,
+    json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per detection.")] = False,
+) -> None:
+    """Run an image or a video through Triton's detector and print the detections."""
+    if not path.is_file():
+        raise typer.BadParameter(f"{path} is not a file", param_hint="PATH")
+    try:
+        asyncio.run(_detect(path, triton, every, json_lines))
+    except InferenceError as exc:
+        console.print(f"[red]{exc}[/red] (Triton at {triton}: is `pantau dev up` running, or pass --triton)")
+        raise typer.Exit(1) from exc
+    except av.error.FFmpegError as exc:
+        console.print(f"[red]cannot decode {path}:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
+async def _detect(path: Path, triton: str, every: int, json_lines: bool) -> None:
+    out = Console(highlight=False)
+    async with await Detector.connect(ClientSettings(url=triton)) as detector:
+        with av.open(str(path)) as container:
+            chosen = (
+                (index, frame)
+                for index, frame in enumerate(container.decode(video=0), start=1)
+                if (index - 1) % every == 0
+            )
+            # Up to 16 frames in flight keeps the client's batcher busy without holding a whole video.
+            while chunk := list(itertools.islice(chosen, 16)):
+                frames = [(i, f.to_ndarray(format="bgr24")) for i, f in chunk]
+                results = await asyncio.gather(*(detector.detect(image) for _, image in frames))
+                for (index, _), detections in zip(frames, results, strict=True):
+                    for d in detections:
+                        box = [round(v, 1) for v in d.box]
+                        if json_lines:
+                            record = {
+                                "frame": index,
+                                "class": d.class_name,
+                                "score": round(d.score, 4),
+                                "box": box,
+                            }
+                            print(json.dumps(record))
+                        else:
+                            out.print(f"frame {index}: {d.class_name} {d.score:.2f} {box}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Iterator
@@ -67,7 +68,9 @@ def api(dev_stack: DevStack) -> Iterator[client.ApiClient]:
 @pytest.fixture
 def namespace(api: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace per test, deleted afterwards."""
-    name = "t-" + re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower())[:40].strip("-")
+    # Readable and unique: parametrized ids can share a 40-character prefix.
+    digest = hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:6]
+    name = "t-" + re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower())[:40].strip("-") + "-" + digest
     core = client.CoreV1Api(api)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     # Pods need the namespace's "default" ServiceAccount, which kube-controller-manager creates.

@@ -1,0 +1,152 @@
+"""Site spec and status, mirroring crds/sites.pantau.io.yaml (tests/test_models.py keeps them in sync)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Final, Literal
+
+from pydantic import Field, model_validator
+
+from pantau.models.camera import ClassNames, DnsLabel, Fps, Score, has_duplicates, url_has_credentials
+from pantau.models.conditions import ApiModel, Conditions, Generation
+
+# Kubernetes resource.Quantity, as the API server's own schema spells it.
+QUANTITY_PATTERN: Final = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+TRITON_ADDRESS_PATTERN: Final = r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?:[0-9]{1,5}$"
+WEBHOOK_URL_PATTERN: Final = r"^https?://[^/?#]+([/?#].*)?$"
+DEFAULT_CLASSES: Final = ("person", "bicycle", "car", "motorcycle", "bus", "truck")
+
+Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN)] | int
+Count = Annotated[int, Field(ge=0)]
+
+
+class Toleration(ApiModel):
+    key: Annotated[str, Field(max_length=316)] | None = None
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: Annotated[str, Field(max_length=63)] | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: Annotated[int, Field(ge=0)] | None = None
+
+    @model_validator(mode="after")
+    def _check_value(self) -> Toleration:
+        if self.operator == "Exists" and self.value is not None:
+            raise ValueError(
+                "a toleration with operator Exists matches any value: remove value, or set operator to Equal"
+            )
+        return self
+
+
+class Placement(ApiModel):
+    zone: Annotated[str, Field(max_length=63)] | None = None
+    node_selector: Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=16)] | None = (
+        None
+    )
+    tolerations: Annotated[tuple[Toleration, ...], Field(max_length=16)] = ()
+
+
+class ResourceList(ApiModel):
+    cpu: Quantity | None = None
+    memory: Quantity | None = None
+
+
+class Resources(ApiModel):
+    requests: ResourceList | None = None
+    limits: ResourceList | None = None
+
+
+class PodCapacity(ApiModel):
+    cameras: Annotated[int, Field(ge=1, le=64)] = 8
+    fps: Annotated[int, Field(ge=1, le=1000)] = 40
+
+
+class IngestPool(ApiModel):
+    min_pods: Annotated[int, Field(ge=0, le=64)] = 1
+    max_pods: Annotated[int, Field(ge=1, le=64)] = 4
+    pod_capacity: PodCapacity = PodCapacity()
+    image: Annotated[str, Field(max_length=512)] | None = None
+    resources: Resources | None = None
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> IngestPool:
+        if self.min_pods > self.max_pods:
+            raise ValueError(
+                "minPods is greater than maxPods: lower spec.ingest.minPods or raise spec.ingest.maxPods"
+            )
+        return self
+
+
+class Inference(ApiModel):
+    triton_address: Annotated[str, Field(max_length=260, pattern=TRITON_ADDRESS_PATTERN)] | None = None
+    model: Annotated[str, Field(max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")] | None = None
+
+
+class CameraDefaults(ApiModel):
+    fps: Fps = 5
+    classes: ClassNames = DEFAULT_CLASSES
+    min_score: Score = 0.35
+
+
+class EventSink(ApiModel):
+    name: DnsLabel
+    type: Literal["webhook", "stdout"]
+    url: Annotated[str, Field(max_length=2048)] | None = None
+
+    @model_validator(mode="after")
+    def _check_url(self) -> EventSink:
+        # Messages never quote the URL: a rejected one may hold a password.
+        if self.type == "webhook" and self.url is None:
+            raise ValueError(
+                "a webhook sink needs a URL: set spec.eventSinks[].url to an http:// or https:// address"
+            )
+        if self.type != "webhook" and self.url is not None:
+            raise ValueError(
+                "only webhook sinks take a URL: remove spec.eventSinks[].url or set type to webhook"
+            )
+        if self.url is not None and url_has_credentials(self.url):
+            raise ValueError("the URL embeds a user name or password: remove them from spec.eventSinks[].url")
+        if self.url is not None and not re.fullmatch(WEBHOOK_URL_PATTERN, self.url):
+            raise ValueError(
+                "the webhook URL must start with http:// or https:// and name a host: "
+                "fix spec.eventSinks[].url"
+            )
+        return self
+
+
+class SiteSpec(ApiModel):
+    display_name: Annotated[str, Field(min_length=1, max_length=128)]
+    region: Annotated[str, Field(min_length=1, max_length=128)]
+    placement: Placement | None = None
+    ingest: IngestPool = IngestPool()
+    inference: Inference | None = None
+    camera_defaults: CameraDefaults = CameraDefaults()
+    event_sinks: Annotated[tuple[EventSink, ...], Field(max_length=8)] = ()
+
+    @model_validator(mode="after")
+    def _check_sink_names(self) -> SiteSpec:
+        if has_duplicates(sink.name for sink in self.event_sinks):
+            raise ValueError(
+                "event sink names must be unique: rename or remove the duplicate entry in spec.eventSinks"
+            )
+        return self
+
+
+class CameraCounts(ApiModel):
+    total: Count
+    ready: Count
+    streaming: Count
+    failed: Count
+
+
+class PodCounts(ApiModel):
+    desired: Count
+    ready: Count
+
+
+class SiteStatus(ApiModel):
+    observed_generation: Generation | None = None
+    conditions: Conditions = ()
+    cameras: CameraCounts | None = None
+    pods: PodCounts | None = None

@@ -5,12 +5,14 @@ from __future__ import annotations
 import typer
 
 from pantau.dev.cli import dev_app
+from pantau.handlers.cli import operator
 from pantau.triton.cli import detect, model_app
 
 app = typer.Typer(name="pantau", help="Pantau: CCTV analytics on Kubernetes.", no_args_is_help=True)
 app.add_typer(dev_app, name="dev")
 app.add_typer(model_app, name="model")
 app.command()(detect)
+app.command()(operator)
 
 
 if __name__ == "__main__":

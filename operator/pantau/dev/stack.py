@@ -387,8 +387,10 @@ class DevStack:
             "--manage-all-nodes=false",
             f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
             "--node-lease-duration-seconds=40",
-            "--cidr=10.244.0.0/16",
-            "--node-ip=10.250.0.1",
+            # Fake pods get loopback addresses: nothing runs there, and anything that tries to
+            # reach them (the operator's status poll) stays on this machine.
+            "--cidr=127.64.0.0/16",
+            "--node-ip=127.0.0.2",
             f"--server-address=127.0.0.1:{p['kwok_metrics']}",
         ]
 

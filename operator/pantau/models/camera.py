@@ -119,10 +119,16 @@ class SourceTLS(ApiModel):
     ca_secret_ref: CaSecretRef | None = None
 
 
+class Resolution(ApiModel):
+    width: Annotated[int, Field(ge=16, le=8192)]
+    height: Annotated[int, Field(ge=16, le=8192)]
+
+
 class Source(ApiModel):
     url: Annotated[str, Field(max_length=2048)]
     protocol: SourceProtocol
     transport: Transport | None = None
+    resolution: Resolution | None = None
     max_sessions: Annotated[int, Field(ge=1, le=16)] = 1
     credentials_secret_ref: CredentialsSecretRef | None = None
     tls: SourceTLS | None = None

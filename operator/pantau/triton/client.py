@@ -40,6 +40,7 @@ class InferenceError(RuntimeError):
 @dataclass(frozen=True)
 class ClientSettings:
     url: str  # host:port of Triton's gRPC endpoint
+    model: str = contract.MODEL  # the JPEG entry point is "<model>_jpeg"
     wire: Wire = "uint8"
     max_batch: int = 8
     max_delay: float = 0.005  # seconds a frame may wait for others to fill its batch
@@ -78,6 +79,7 @@ class Prepared:
 class _Pending:
     frame: Prepared
     future: asyncio.Future[list[contract.Detection]] = field(repr=False)
+    headers: Mapping[str, str] | None = None
 
 
 class Detector:
@@ -97,9 +99,9 @@ class Detector:
         """A client for the server's model, with the input size read from the model's metadata."""
         probe = _channel(settings)
         try:
-            meta = await probe.get_model_metadata(contract.MODEL, contract.VERSION, as_json=True)
+            meta = await probe.get_model_metadata(settings.model, contract.VERSION, as_json=True)
         except InferenceServerException as exc:
-            raise InferenceError(_reason(exc), f"model {contract.MODEL} metadata: {exc.message()}") from exc
+            raise InferenceError(_reason(exc), f"model {settings.model} metadata: {exc.message()}") from exc
         finally:
             await probe.close()
         images = next(i for i in meta["inputs"] if i["name"] == contract.image_input(0).name)
@@ -112,13 +114,18 @@ class Detector:
             return Prepared(orig_hw=hw, jpeg=encode_jpeg(frame))
         return Prepared(orig_hw=hw, image=yolox.letterbox(frame, self.input_size))
 
-    async def detect(self, frame: np.ndarray | Prepared) -> list[contract.Detection]:
-        """Detections of one frame, in the frame's pixels; raises InferenceError."""
+    async def detect(
+        self, frame: np.ndarray | Prepared, headers: Mapping[str, str] | None = None
+    ) -> list[contract.Detection]:
+        """Detections of one frame, in the frame's pixels; raises InferenceError.
+
+        `headers` (e.g. a W3C traceparent) go into the gRPC metadata. A batch is one request, so
+        it carries the headers of its first frame; the others' traces record the batch instead."""
         prepared = frame if isinstance(frame, Prepared) else self.prepare(frame)
         if self._batcher is None:
             self._batcher = asyncio.create_task(self._batch_loop(), name="triton-batcher")
         future: asyncio.Future[list[contract.Detection]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(prepared, future))
+        await self._queue.put(_Pending(prepared, future, headers))
         return await future
 
     async def aclose(self) -> None:
@@ -159,7 +166,7 @@ class Detector:
 
     async def _send(self, batch: list[_Pending]) -> None:
         try:
-            results = await self._infer_with_retries([p.frame for p in batch])
+            results = await self._infer_with_retries([p.frame for p in batch], batch[0].headers)
         except InferenceError as exc:
             for p in batch:
                 if not p.future.done():
@@ -171,13 +178,17 @@ class Detector:
         finally:
             self._slots.release()
 
-    async def _infer_with_retries(self, frames: Sequence[Prepared]) -> list[list[contract.Detection]]:
+    async def _infer_with_retries(
+        self, frames: Sequence[Prepared], headers: Mapping[str, str] | None = None
+    ) -> list[list[contract.Detection]]:
         s = self.settings
         model, inputs = self._request(frames)
         outputs = [grpcaio.InferRequestedOutput(t.name) for t in contract.OUTPUTS]
         for attempt in range(s.retries + 1):
             try:
-                result = await self._client.infer(model, inputs, outputs=outputs, client_timeout=s.timeout)
+                result = await self._client.infer(
+                    model, inputs, outputs=outputs, client_timeout=s.timeout, headers=dict(headers or {})
+                )
                 return split_result({t.name: result.as_numpy(t.name) for t in contract.OUTPUTS})
             except InferenceServerException as exc:
                 reason = _reason(exc)
@@ -192,7 +203,7 @@ class Detector:
             blobs = np.array([[f.jpeg] for f in frames], dtype=np.object_)
             jpeg = grpcaio.InferInput(contract.JPEG.name, list(blobs.shape), contract.JPEG.wire_type)
             jpeg.set_data_from_numpy(blobs)
-            return contract.JPEG_MODEL, [jpeg]
+            return f"{self.settings.model}_jpeg", [jpeg]
         images = np.stack([f.image for f in frames if f.image is not None])
         hw = np.array([f.orig_hw for f in frames], dtype=np.int32)
         spec = contract.image_input(self.input_size)
@@ -200,7 +211,7 @@ class Detector:
         inp.set_data_from_numpy(images)
         orig = grpcaio.InferInput(contract.ORIG_HW.name, list(hw.shape), contract.ORIG_HW.wire_type)
         orig.set_data_from_numpy(hw)
-        return contract.MODEL, [inp, orig]
+        return self.settings.model, [inp, orig]
 
 
 def split_result(outputs: Mapping[str, np.ndarray | None]) -> list[list[contract.Detection]]:

@@ -1,0 +1,28 @@
+"""`pantau operator`: run the operator against the current kubeconfig (or in-cluster)."""
+
+from __future__ import annotations
+
+import kopf
+import typer
+
+from pantau.settings import OperatorSettings
+
+
+def operator(
+    verbose: bool = typer.Option(False, "--verbose", help="Log every handler call (debug)."),
+) -> None:
+    """Run the operator: watch Sites, Cameras and their children until stopped (SIGTERM/Ctrl-C).
+
+    Settings come from PANTAU_* variables (see pantau.settings.OperatorSettings); the API server
+    from the in-cluster ServiceAccount or the kubeconfig (KUBECONFIG)."""
+    settings = OperatorSettings()
+    import pantau.handlers  # noqa: F401 - registers the handlers with Kopf
+
+    kopf.configure(verbose=verbose, log_prefix=True)
+    kopf.run(
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
+        standalone=not settings.peering,
+        liveness_endpoint=f"http://{settings.liveness_host}:{settings.liveness_port}/healthz",
+        memo=kopf.Memo(settings=settings),
+    )

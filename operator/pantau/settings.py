@@ -1,0 +1,59 @@
+"""The operator's one typed settings object, read once from PANTAU_* variables at start-up."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pantau.builders.pool import PoolSettings
+
+
+class OperatorSettings(BaseSettings):
+    """Everything tunable about the operator; tests pass small timings through these fields."""
+
+    model_config = SettingsConfigDict(env_prefix="PANTAU_", frozen=True, extra="ignore")
+
+    namespaces: tuple[str, ...] = Field(
+        default=(), description="Namespaces to watch; empty = all (cluster-wide)."
+    )
+    ingest_image: str = Field(default="ghcr.io/pantau/pantau:0.1.0", description="Default ingest pod image.")
+    triton_address: str = Field(default="triton.pantau.svc:8001", description="Default Triton gRPC address.")
+    model: str = Field(default="yolox", description="Default detector model name.")
+    otlp_endpoint: str | None = Field(default=None, description="OTLP endpoint handed to ingest pods.")
+    field_manager: str = Field(default="pantau", description="Server-side apply field manager.")
+    resync_interval: float = Field(
+        default=5.0, gt=0, description="Seconds between drift-repair passes per Site."
+    )
+    debounce: float = Field(default=0.3, ge=0, description="Seconds to gather Camera changes into one pass.")
+    watch_server_timeout: int = Field(default=300, gt=0, description="Server-side watch timeout, seconds.")
+    watch_client_timeout: int = Field(default=330, gt=0, description="Client-side watch timeout, seconds.")
+    inactivity_timeout: float = Field(
+        default=120.0, gt=0, description="Restart a watch that brought nothing for this long (silent stalls)."
+    )
+    liveness_port: int = Field(default=8080, ge=1, le=65535, description="Port of the /healthz endpoint.")
+    liveness_host: str = Field(default="0.0.0.0", description="Listen address of the /healthz endpoint.")
+    peering: bool = Field(
+        default=False,
+        description="Kopf peering (one active operator among replicas); needs the peering CRDs.",
+    )
+    api_concurrency: int = Field(default=32, ge=1, description="API requests the operator keeps in flight.")
+    status_networks: tuple[str, ...] = Field(
+        default=(),
+        description="Networks (CIDRs) of ingest pods whose /status the operator may poll; empty = any.",
+    )
+
+    def may_poll(self, address: str) -> bool:
+        if not self.status_networks:
+            return True
+        ip = ipaddress.ip_address(address)
+        return any(ip in ipaddress.ip_network(n) for n in self.status_networks)
+
+    def pool(self) -> PoolSettings:
+        return PoolSettings(
+            default_image=self.ingest_image,
+            triton_address=self.triton_address,
+            model=self.model,
+            otlp_endpoint=self.otlp_endpoint,
+        )

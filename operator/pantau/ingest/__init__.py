@@ -1,0 +1,1 @@
+"""The program inside ingest pods: camera sources, sampling and the frame pipeline."""

@@ -1,0 +1,62 @@
+"""Keep camera credentials out of logs, exception messages and reprs.
+
+`redact_url` is for URLs we display; `scrub` is for text we did not write (FFmpeg and httpx error
+strings can echo the URL they were given, credentials included).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterable
+from typing import Final
+from urllib.parse import quote, quote_plus
+
+REDACTED: Final = "REDACTED"
+REDACTED_USERINFO: Final = f"{REDACTED}:{REDACTED}"
+
+# scheme://[userinfo@]host...: the authority ends at the first '/', '?' or '#' (RFC 3986), and the
+# userinfo at the last '@' inside it, so an unescaped '@' in a password is still covered.
+_URL_USERINFO: Final = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)[^\s/?#]*@")
+# Query parameters that cheap cameras use to carry credentials (…/snapshot.cgi?user=x&pwd=y).
+_SECRET_QUERY: Final = re.compile(
+    r"(?P<key>[?&;](?:password|passwd|pass|pwd|pw|loginpas|secret|token|access_token|auth|key|"
+    r"sig|signature)=)[^&;#\s]*",
+    re.IGNORECASE,
+)
+
+
+def redact_url(url: str) -> str:
+    """`url` with any user info replaced by REDACTED:REDACTED and secret-looking query values hidden.
+
+    >>> redact_url("rtsp://admin:hunter2@10.0.0.5:554/Streaming/101")
+    'rtsp://REDACTED:REDACTED@10.0.0.5:554/Streaming/101'
+    """
+    text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{REDACTED_USERINFO}@", url)
+    return _SECRET_QUERY.sub(lambda m: f"{m['key']}{REDACTED}", text)
+
+
+def _variants(secret: str) -> set[str]:
+    """The forms a secret takes on its way into a URL or an Authorization header."""
+    return {secret, quote(secret, safe=""), quote(secret), quote_plus(secret)}
+
+
+def scrub(text: str, secrets: Iterable[str | None]) -> str:
+    """`text` with URL user info redacted and every secret (also percent-encoded) replaced by REDACTED.
+
+    Empty and None secrets are ignored, so callers can pass optional credentials as they are.
+    """
+    values: set[str] = set()
+    for secret in secrets:
+        if secret:
+            values |= _variants(secret)
+    text = redact_url(text)
+    # Longest first: a secret that contains another must go before the shorter one breaks it up.
+    for value in sorted(values, key=len, reverse=True):
+        text = text.replace(value, REDACTED)
+    return text
+
+
+def basic_auth_token(username: str, password: str) -> str:
+    """The base64 part of an HTTP Basic Authorization header, so that it too can be scrubbed."""
+    return base64.b64encode(f"{username}:{password}".encode()).decode("ascii")

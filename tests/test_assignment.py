@@ -33,7 +33,7 @@ from pantau.reconcile.assignment import (
 # rerun. No example database, so nothing is written into the checkout.
 PROPERTY = settings(max_examples=40, deadline=None, database=None, derandomize=True)
 
-# The load bound is rounded up onto a grid of BOUND_STEPS steps per doubling.
+# The load bound, (1 + BALANCE_SLACK) x mean + half an average camera, is rounded up onto this grid.
 GRID_STEP = 2 ** (1 / BOUND_STEPS)
 
 
@@ -71,9 +71,9 @@ def excess_bound(cameras: int, shards_after: int) -> float:
 
     Plain rendezvous hashing moves each camera with chance p = 1/(N+1), so by chance alone the fraction
     strays by a few standard deviations sqrt(p(1-p)/n); bounded loads add cameras pushed along by full
-    shards, most when a shard holds only a few cameras. Measured over 7,000 random cases (more of them
-    with few cameras a shard): at worst 0.28 cameras a shard above 4 standard deviations (99 cameras,
-    20 -> 21 shards: 19 moved where 4.7 is the ideal); the bound allows half a camera a shard."""
+    shards, most when a shard holds only a few cameras. Measured over 10,000 random cases (weighted
+    towards 50 cameras and 20 shards): at worst 0.27 cameras a shard above 4 standard deviations (50
+    cameras, 20 -> 21 shards: 14 moved where 2.4 is the ideal); the bound allows half a camera a shard."""
     p = 1 / shards_after
     return 4 * math.sqrt(p * (1 - p) / cameras) + 0.5 * shards_after / cameras
 
@@ -157,9 +157,9 @@ def test_growing_or_shrinking_the_pool_moves_about_one_in_n_plus_one(
 def test_resizes_move_little_more_than_the_ideal_on_average() -> None:
     """The average over many fixed cases, where chance evens out: the cost of bounding the loads.
 
-    Measured on these 80 cases: a resize N -> N+1 moves 1.12x the ideal 1/(N+1) on average (1.13x over
+    Measured on these 80 cases: a resize N -> N+1 moves 1.10x the ideal 1/(N+1) on average (1.12x over
     1,000 cases; plain rendezvous hashing 1.0x, bounded loads walking cameras by cost 1.6x); with at least
-    10 cameras a shard the worst case is 0.053 over the ideal, 0.055 over all 80."""
+    10 cameras a shard the worst case is 0.040 over the ideal, 0.088 over all 80."""
     ratios: list[float] = []
     crowded_excess: list[float] = []
     rng = seeded(2024)
@@ -170,15 +170,15 @@ def test_resizes_move_little_more_than_the_ideal_on_average() -> None:
         ratios.append(fraction * (shards + 1))
         if count >= 10 * (shards + 1):
             crowded_excess.append(fraction - 1 / (shards + 1))
-    assert statistics.mean(ratios) <= 1.3
-    assert max(crowded_excess) <= 0.07
+    assert statistics.mean(ratios) <= 1.25
+    assert max(crowded_excess) <= 0.06
 
 
 def test_adding_a_camera_usually_moves_no_other() -> None:
     """The new camera takes room on its best shard; that can push a camera that only just fit to its
     next shard, and when the new cost lifts the bound over a grid step, cameras that had spilled may
-    return to their best shard. Measured over these 200 cases: no other camera moves in 88%, at most one
-    in 94%, 0.30 on average, at worst 9 (a grid step). Without the grid: none in 66%, 0.79 on average.
+    return to their best shard. Measured over these 200 cases: no other camera moves in 90%, at most one
+    in 95%, 0.20 on average, at worst 7 (a grid step). Without the grid: none in 67%, 0.61 on average.
     Removing the camera again undoes it exactly."""
     moves: Counter[int] = Counter()
     rng = seeded(7)
@@ -190,10 +190,10 @@ def test_adding_a_camera_usually_moves_no_other() -> None:
         moves[len(moved(before, after))] += 1
         assert moved(after, before) == moved(before, after)
     cases = sum(moves.values())
-    assert moves[0] / cases >= 0.75
-    assert (moves[0] + moves[1]) / cases >= 0.85
-    assert sum(n * times for n, times in moves.items()) / cases <= 1.0
-    assert max(moves) <= 20
+    assert moves[0] / cases >= 0.8
+    assert (moves[0] + moves[1]) / cases >= 0.9
+    assert sum(n * times for n, times in moves.items()) / cases <= 0.5
+    assert max(moves) <= 15
 
 
 def test_moved_ignores_cameras_that_came_or_went() -> None:
@@ -215,13 +215,15 @@ def test_moved_ignores_cameras_that_came_or_went() -> None:
 def test_no_shard_exceeds_the_bound_by_more_than_one_camera(
     seed: int, count: int, shards: int, high: float
 ) -> None:
-    """Measured over 400 cases like these: with 10 or more cameras a shard the fullest is at most 1.36x
-    the mean (1.38x with 5 or more); the guarantee below is reached (0.999 of it) but never passed."""
+    """Measured over 400 cases like these: with 10 or more cameras a shard the fullest is at most 1.40x
+    the mean (1.54x with 2-5 a shard); the guarantee below is nearly reached (0.994 of it)."""
     cameras = make_cameras(seed, count, high=high)
     assignment = assign(cameras, shards)
     mean = math.fsum(assignment.load) / shards
     largest = max(camera.cost for camera in cameras)
-    assert max(assignment.load) <= GRID_STEP * max((1 + BALANCE_SLACK) * mean, mean + largest) * (1 + 1e-9)
+    average = math.fsum(camera.cost for camera in cameras) / count
+    bound = GRID_STEP * ((1 + BALANCE_SLACK) * mean + average / 2)
+    assert max(assignment.load) <= max(bound, mean + largest) * (1 + 1e-9)
     check_well_formed(assignment, cameras)
 
 
@@ -283,14 +285,16 @@ def test_shared_cameras_with_every_shard_dedicated_are_overloaded() -> None:
     check_well_formed(assignment, cameras)
 
 
-def test_a_new_dedicated_camera_moves_only_the_shared_cameras_of_its_shard() -> None:
+def test_a_new_dedicated_camera_clears_its_shard() -> None:
     cameras = make_cameras(5, 60, dedicated=2)
     before = assign(cameras, 6)
     newcomer = CameraLoad("a/vip", 2.0, dedicated=True)
     after = assign([*cameras, newcomer], 6)
     shard = after.by_camera[newcomer.key]
-    assert set(before.cameras_on(shard)) <= moved(before, after) | {newcomer.key}
-    assert all(after.by_camera[camera.key] == before.by_camera[camera.key] for camera in cameras[:2])
+    assert after.cameras_on(shard) == (newcomer.key,)
+    assert set(before.cameras_on(shard)) <= moved(before, after)
+    # The others may be pushed along by the fuller shards (58 shared cameras now on 3, not 4); here none.
+    assert len(moved(before, after) - set(before.cameras_on(shard))) <= 6
 
 
 # ---- pool size ---------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import typer
 
 from pantau.dev.cli import dev_app
 from pantau.handlers.cli import operator
+from pantau.ingest.cli import ingest
 from pantau.triton.cli import detect, model_app
 
 app = typer.Typer(name="pantau", help="Pantau: CCTV analytics on Kubernetes.", no_args_is_help=True)
@@ -13,6 +14,7 @@ app.add_typer(dev_app, name="dev")
 app.add_typer(model_app, name="model")
 app.command()(detect)
 app.command()(operator)
+app.command()(ingest)
 
 
 if __name__ == "__main__":

@@ -215,5 +215,8 @@ class _Token:
     def header(self) -> dict[str, str]:
         if self._cfg.refresh_api_key_hook is not None:
             self._cfg.refresh_api_key_hook(self._cfg)
-        value = self._cfg.get_api_key_with_prefix("authorization")
-        return {"Authorization": value} if value else {}
+        # The kubernetes package files the token as "BearerToken" (older releases: "authorization").
+        value = self._cfg.get_api_key_with_prefix("BearerToken") or self._cfg.get_api_key_with_prefix(
+            "authorization"
+        )
+        return {"Authorization": value.strip()} if value else {}

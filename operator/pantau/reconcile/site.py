@@ -165,7 +165,9 @@ def plan_site(
     shards = desired_pods(
         loads, pool.pod_capacity.cameras, float(pool.pod_capacity.fps), pool.min_pods, pool.max_pods
     )
-    assignment = assign(loads, shards, pool.pod_capacity.cameras) if shards else None
+    assignment = (
+        assign(loads, shards, pool.pod_capacity.cameras, float(pool.pod_capacity.fps)) if shards else None
+    )
     pool_name = names.pool_name(site.name)
     secret_names = sorted({secret for c in active for secret in secrets_of(c.spec)})
     owner = SiteRef(name=site.name, namespace=site.namespace, uid=site.uid)

@@ -1,0 +1,201 @@
+"""`pantau ingest`: the program of the ingest pods.
+
+It watches the Cameras assigned to this pod (label pantau.io/shard=<pod name>), reads the
+Secrets they name, and keeps one CameraWorker per Camera: started on ADDED, restarted when
+anything the stream depends on changes, stopped on DELETED or when the label moves away. Other
+changes (classes, minimum score) apply without a reconnect. It serves /healthz, /readyz, /status
+and /metrics on the pod's address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import signal
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from pantau import telemetry
+from pantau.ingest.events import EventSink, JsonLinesSink, MultiSink, WebhookSink
+from pantau.ingest.pipeline import CameraWorker, Credentials, PodContext
+from pantau.ingest.redact import redact_url
+from pantau.ingest.server import CameraStatusReport, PodStatusReport, serve
+from pantau.ingest.settings import IngestSettings
+from pantau.k8s.api import ApiError, KubeApi
+from pantau.models import GROUP, VERSION
+from pantau.models.camera import CameraSpec
+from pantau.triton.client import ClientSettings, Detector, InferenceError
+
+log = logging.getLogger("pantau.ingest")
+LABEL_SHARD = "pantau.io/shard"
+
+
+def _sinks(settings: IngestSettings) -> EventSink:
+    sinks: list[EventSink] = []
+    for s in settings.event_sinks:
+        if s.type == "webhook" and s.url:
+            sinks.append(WebhookSink(s.url))
+        elif s.type == "stdout":
+            sinks.append(JsonLinesSink())
+    return MultiSink(sinks) if len(sinks) != 1 else sinks[0]
+
+
+class IngestApp:
+    def __init__(self, settings: IngestSettings, api: KubeApi, ctx: PodContext) -> None:
+        self.settings, self.api, self.ctx = settings, api, ctx
+        self.workers: dict[str, CameraWorker] = {}
+        self.started_at = datetime.now(UTC)
+        self.watching = False
+
+    async def _credentials(self, spec: CameraSpec) -> Credentials | None:
+        ref = spec.source.credentials_secret_ref
+        if ref is None:
+            return None
+        secret = await self.api.get("v1", "Secret", self.settings.namespace, ref.name)
+        if secret is None:
+            return None
+        data = secret.get("data") or {}
+        user, password = data.get(ref.username_key), data.get(ref.password_key)
+        if user is None or password is None:
+            return None
+        return Credentials(base64.b64decode(user).decode(), base64.b64decode(password).decode())
+
+    async def apply(self, kind: str, obj: dict[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        mine = obj["metadata"].get("labels", {}).get(LABEL_SHARD) == self.settings.shard
+        worker = self.workers.get(name)
+        if kind == "DELETED" or not mine:
+            if worker is not None:
+                await self.workers.pop(name).stop()
+                log.info("camera %s: stopped", name)
+            return
+        try:
+            spec = CameraSpec.model_validate(obj["spec"])
+        except ValidationError:
+            log.warning("camera %s: invalid spec, not started", name)
+            return
+        creds = await self._credentials(spec)
+        if worker is not None:
+            if (
+                worker.spec.source == spec.source
+                and worker.spec.sampling == spec.sampling
+                and worker.creds == creds
+                and worker.spec.paused == spec.paused
+            ):
+                worker.spec = spec  # detection settings: applied to the next frame, no reconnect
+                return
+            await self.workers.pop(name).stop()
+        worker = CameraWorker(name, obj["metadata"]["uid"], spec, creds, self.ctx)
+        self.workers[name] = worker
+        worker.start()
+        log.info("camera %s: streaming from %s", name, redact_url(spec.source.url))
+
+    async def watch(self) -> None:
+        selector = f"{LABEL_SHARD}={self.settings.shard}"
+        while True:
+            try:
+                async for kind, obj in self.api.watch(
+                    f"{GROUP}/{VERSION}", "Camera", self.settings.namespace, selector
+                ):
+                    self.watching = True
+                    await self.apply(kind, obj)
+            except ApiError as exc:
+                self.watching = False
+                log.warning("watching cameras: %s; retrying", exc)
+                await asyncio.sleep(2)
+
+    async def refresh_secrets(self) -> None:
+        """Rotated passwords reach running cameras (pods may `get` their Secrets, not watch them)."""
+        while True:
+            await asyncio.sleep(self.settings.secret_refresh)
+            for name, worker in list(self.workers.items()):
+                with contextlib.suppress(ApiError):
+                    creds = await self._credentials(worker.spec)
+                    if creds != worker.creds and name in self.workers:
+                        await worker.stop()
+                        fresh = CameraWorker(name, worker.uid, worker.spec, creds, self.ctx)
+                        self.workers[name] = fresh
+                        fresh.start()
+
+    def snapshot(self) -> PodStatusReport:
+        cameras = []
+        for name, w in sorted(self.workers.items()):
+            s = w.stats
+            latency = s.latency()
+            cameras.append(
+                CameraStatusReport(
+                    namespace=self.settings.namespace,
+                    name=name,
+                    state=s.state,
+                    reason=s.reason,
+                    message=s.message,
+                    last_frame_time=s.last_frame_time,
+                    fps=round(s.fps(), 3),
+                    frames_processed=s.frames_processed,
+                    frames_dropped=dict(s.dropped),
+                    detections=dict(s.detections),
+                    inference_latency_ms={"p50": latency[0], "p99": latency[1]} if latency else None,
+                    url=redact_url(w.spec.source.url),
+                )
+            )
+        return PodStatusReport(
+            pod=self.settings.pod_name,
+            site=self.settings.site,
+            shard=self.settings.shard,
+            started_at=self.started_at,
+            cameras=cameras,
+            triton={"address": self.settings.triton_address, "reachable": True},
+        )
+
+
+async def main(settings: IngestSettings) -> None:
+    provider = telemetry.setup_tracing("pantau-ingest", {"pantau.site": settings.site})
+    api = KubeApi.from_environment("pantau-ingest")
+    detector: Detector | None = None
+    while detector is None:  # the pod is not ready until Triton answers
+        try:
+            detector = await Detector.connect(
+                ClientSettings(
+                    url=settings.triton_address, model=settings.model, max_batch=settings.max_batch
+                )
+            )
+        except InferenceError as exc:
+            log.warning("Triton at %s: %s; retrying", settings.triton_address, exc.reason)
+            await asyncio.sleep(2)
+    ctx = PodContext(
+        namespace=settings.namespace,
+        site=settings.site,
+        pod=settings.pod_name,
+        model=settings.model,
+        detector=detector,
+        sink=_sinks(settings),
+        tracer=provider.get_tracer("pantau.ingest"),
+        defaults=settings.camera_defaults,
+        queue_size=settings.queue_size,
+        read_timeout=settings.read_timeout,
+        backoff_base=settings.backoff_base,
+        backoff_cap=settings.backoff_cap,
+        auth_backoff=settings.auth_backoff,
+    )
+    app = IngestApp(settings, api, ctx)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = await serve(
+        settings.pod_ip, settings.port, app.snapshot, ready=lambda: app.watching, healthy=lambda: True
+    )
+    tasks = [asyncio.create_task(app.watch()), asyncio.create_task(app.refresh_secrets())]
+    await stop.wait()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*(w.stop() for w in app.workers.values()), return_exceptions=True)
+    await server.aclose()
+    await ctx.sink.aclose()
+    await detector.aclose()
+    await api.aclose()
+    provider.shutdown()

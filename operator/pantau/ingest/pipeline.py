@@ -1,0 +1,292 @@
+"""One camera's pipeline inside an ingest pod.
+
+A reader thread runs the blocking source (PyAV or httpx): it samples on the wall clock, decodes
+and resizes only what it samples, and offers each sample to a queue of a few slots that drops
+the oldest sample when the pipeline is behind (counted as QueueFull). An asyncio task takes
+samples from the queue, sends them to Triton through the shared batching client, and publishes
+one event and one trace per processed frame. Failures are classified by the source; the worker
+reconnects with capped, jittered exponential back-off, and after repeated authentication
+failures waits at least `auth_backoff` seconds between attempts (a camera that locks accounts
+must not be hammered). One source at a time: never more than one session per camera.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import av
+import numpy as np
+from opentelemetry import trace
+from opentelemetry.trace import Tracer
+
+from pantau import telemetry
+from pantau.ingest.events import DetectionEvent, EventSink
+from pantau.ingest.redact import redact_url
+from pantau.ingest.sources import Sample, Source, SourceConfig, SourceError, open_source
+from pantau.models.camera import CameraSpec
+from pantau.models.site import CameraDefaults
+from pantau.triton import yolox
+from pantau.triton.client import Detector, InferenceError, Prepared
+
+log = logging.getLogger("pantau.ingest")
+AUTH_FAILURES_BEFORE_SLOWDOWN = 3
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass
+class PodContext:
+    """What every camera of the pod shares."""
+
+    namespace: str
+    site: str
+    pod: str
+    model: str
+    detector: Detector
+    sink: EventSink
+    tracer: Tracer
+    defaults: CameraDefaults
+    queue_size: int = 2
+    read_timeout: float = 10.0
+    backoff_base: float = 1.0
+    backoff_cap: float = 30.0
+    auth_backoff: float = 60.0
+
+
+@dataclass
+class CameraStats:
+    state: str = "Starting"
+    reason: str | None = None
+    message: str | None = None
+    last_frame_time: datetime | None = None
+    frames_processed: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    detections: Counter[str] = field(default_factory=Counter)
+    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=500))
+    processed_at: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
+    sessions_opened: int = 0
+
+    def fps(self, window: float = 60.0) -> float:
+        """Processed frames per second over the last `window` seconds (or since the first)."""
+        now = time.monotonic()
+        recent = [t for t in self.processed_at if now - t <= window]
+        if len(recent) < 2:
+            return 0.0
+        return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-6)
+
+    def latency(self) -> tuple[float, float] | None:
+        if not self.latencies_ms:
+            return None
+        p50, p99 = np.percentile(np.array(self.latencies_ms), [50, 99])
+        return float(p50), float(p99)
+
+
+class CameraWorker:
+    def __init__(
+        self, name: str, uid: str, spec: CameraSpec, creds: Credentials | None, ctx: PodContext
+    ) -> None:
+        self.name, self.uid, self.spec, self.creds, self.ctx = name, uid, spec, creds, ctx
+        self.stats = CameraStats()
+        self._task: asyncio.Task[None] | None = None
+        self._session = 0
+
+    # ----- lifecycle -----
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"camera-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.stats.state = "Stopped"
+
+    def source_config(self) -> SourceConfig:
+        spec, src = self.spec, self.spec.source
+        return SourceConfig(
+            url=src.url,
+            protocol=src.protocol,
+            fps=float(spec.sampling.fps if spec.sampling and spec.sampling.fps else self.ctx.defaults.fps),
+            transport=src.transport or "tcp",
+            username=self.creds.username if self.creds else None,
+            password=self.creds.password if self.creds else None,
+            read_timeout=self.ctx.read_timeout,
+            open_timeout=self.ctx.read_timeout,
+            tls_insecure=bool(src.tls and src.tls.insecure_skip_verify),
+            loop_file=src.protocol == "file",
+        )
+
+    @property
+    def classes(self) -> frozenset[str]:
+        d = self.spec.detection
+        return frozenset(d.classes if d and d.classes else self.ctx.defaults.classes)
+
+    @property
+    def min_score(self) -> float:
+        d = self.spec.detection
+        return float(d.min_score if d and d.min_score is not None else self.ctx.defaults.min_score)
+
+    # ----- the loop: connect, stream, back off -----
+
+    async def _run(self) -> None:
+        failures = auth_failures = 0
+        while True:
+            if self.spec.paused:
+                self.stats.state, self.stats.reason = "Stopped", "Paused"
+                return
+            try:
+                await self._stream()
+                failures = auth_failures = 0  # a clean end (file done): start again promptly
+            except SourceError as exc:
+                failures += 1
+                auth_failures = auth_failures + 1 if exc.reason == "AuthFailed" else 0
+                self.stats.state, self.stats.reason, self.stats.message = "Backoff", exc.reason, str(exc)
+                delay = min(self.ctx.backoff_cap, self.ctx.backoff_base * 2 ** (failures - 1))
+                delay = random.uniform(delay / 2, delay)  # noqa: S311 - jitter, not crypto
+                if auth_failures >= AUTH_FAILURES_BEFORE_SLOWDOWN:
+                    delay = max(delay, self.ctx.auth_backoff)
+                log.warning("camera %s: %s; retrying in %.1f s", self.name, exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _stream(self) -> None:
+        """One session: reader thread + processing until the source fails."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Sample] = asyncio.Queue(maxsize=self.ctx.queue_size)
+        failure: asyncio.Future[SourceError] = loop.create_future()
+        stop = threading.Event()
+        self._session += 1
+        self.stats.sessions_opened += 1
+        size = self.ctx.detector.input_size
+
+        def offer(sample: Sample) -> None:
+            if queue.full():
+                queue.get_nowait()
+                self.stats.dropped["QueueFull"] += 1
+            queue.put_nowait(sample)
+
+        def fail(exc: SourceError) -> None:
+            if not failure.done():
+                failure.set_result(exc)
+
+        opened: list[Source] = []  # the reader's source, so stopping can close it from here
+
+        def read() -> None:
+            source = None
+            try:
+                source = open_source(self.source_config(), _letterboxer(size))
+                opened.append(source)
+                while not stop.is_set():
+                    sample = source.read()
+                    loop.call_soon_threadsafe(offer, sample)
+            except SourceError as exc:
+                loop.call_soon_threadsafe(fail, exc)
+            except Exception as exc:
+                message = f"unexpected error reading {redact_url(self.spec.source.url)}: {type(exc).__name__}"
+                loop.call_soon_threadsafe(fail, SourceError(message, reason="Unreachable"))
+            finally:
+                if source is not None:
+                    source.close()
+
+        reader = threading.Thread(target=read, name=f"read-{self.name}", daemon=True)
+        reader.start()
+        self.stats.state, self.stats.reason, self.stats.message = "Starting", None, None
+        try:
+            while True:
+                get: asyncio.Future[Sample] = asyncio.ensure_future(queue.get())
+                waiting: set[asyncio.Future[Any]] = {get, failure}
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if failure in done:
+                    get.cancel()
+                    raise failure.result()
+                await self._process(get.result())
+        finally:
+            stop.set()
+            if opened:  # wakes a read() blocked on the network; the camera's session ends now
+                await asyncio.to_thread(opened[0].close)
+            await asyncio.to_thread(reader.join, self.ctx.read_timeout + 5)
+
+    async def _process(self, sample: Sample) -> None:
+        ctx, stats = self.ctx, self.stats
+        captured_ns = int(sample.captured_at * 1e9)
+        frame_id = f"{self.uid}:{self._session}:{sample.seq}"
+        camera = f"{ctx.namespace}/{self.name}"
+        with telemetry.frame_span(
+            ctx.tracer,
+            camera=camera,
+            site=ctx.site,
+            pod=ctx.pod,
+            start_time_ns=captured_ns - int(sample.decode_seconds * 1e9),
+        ) as root:
+            root.set_attribute(telemetry.ATTR_FRAME_ID, frame_id)
+            root.set_attribute(telemetry.ATTR_MODEL, ctx.model)
+            decode = ctx.tracer.start_span(
+                "read/decode", start_time=captured_ns - int(sample.decode_seconds * 1e9)
+            )
+            decode.set_attribute("pantau.keyframe", sample.keyframe)
+            decode.end(end_time=captured_ns)
+            started = time.monotonic()
+            with ctx.tracer.start_as_current_span("infer") as infer:
+                infer.set_attribute(telemetry.ATTR_MODEL, ctx.model)
+                prepared = Prepared(orig_hw=sample.orig_hw, image=sample.image)
+                try:
+                    found = await ctx.detector.detect(prepared, headers=telemetry.grpc_metadata(infer))
+                except InferenceError as exc:
+                    stats.dropped[exc.reason] += 1
+                    stats.reason, stats.message = exc.reason, str(exc)
+                    infer.set_status(trace.Status(trace.StatusCode.ERROR, exc.reason))
+                    root.set_attribute(telemetry.ATTR_DETECTIONS, 0)
+                    return
+            stats.latencies_ms.append((time.monotonic() - started) * 1000)
+            kept = [d for d in found if d.class_name in self.classes and d.score >= self.min_score]
+            root.set_attribute(telemetry.ATTR_DETECTIONS, len(kept))
+            for name, count in Counter(d.class_name for d in kept).items():
+                root.set_attribute(f"{telemetry.ATTR_DETECTIONS}.{name}", count)
+            with ctx.tracer.start_as_current_span("publish"):
+                event = DetectionEvent(
+                    camera=camera,
+                    site=ctx.site,
+                    pod=ctx.pod,
+                    timestamp=datetime.fromtimestamp(sample.captured_at, UTC),
+                    frame_id=frame_id,
+                    detections=[
+                        {
+                            "class": d.class_name,
+                            "score": round(d.score, 4),
+                            "box": [round(v, 1) for v in d.box],
+                        }
+                        for d in kept
+                    ],
+                    traceparent=telemetry.traceparent_of(root),
+                )
+                await ctx.sink.publish(event)
+        stats.state, stats.reason, stats.message = "Streaming", None, None
+        stats.frames_processed += 1
+        stats.processed_at.append(time.monotonic())
+        stats.last_frame_time = datetime.fromtimestamp(sample.captured_at, UTC)
+        stats.detections.update(d.class_name for d in kept)
+
+
+def _letterboxer(size: int) -> Callable[[av.VideoFrame], np.ndarray]:
+    """Resize in FFmpeg's scaler straight to the letterboxed size, then pad (shared geometry)."""
+
+    def convert(frame: av.VideoFrame) -> np.ndarray:
+        nh, nw = yolox.resized_shape(frame.height, frame.width, size)
+        resized = frame.reformat(width=nw, height=nh, format="bgr24", interpolation="BILINEAR").to_ndarray()
+        return yolox.pad(resized, size)
+
+    return convert

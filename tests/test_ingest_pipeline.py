@@ -1,0 +1,181 @@
+"""Ingest pods for real: the operator's pool runs `pantau ingest` on the local node, which reads an
+RTSP camera serving real footage, sends frames to Triton, emits events and leaves traces."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from pantau.dev.cameras import RtspCameraServer, RtspMount
+from pantau.dev.net import free_port
+from pantau.dev.procs import ProcessRecord, ProcessTable, wait_for
+from pantau.dev.settings import REPO_ROOT
+from pantau.dev.stack import DevStack, StackInfo
+from tests.test_inference_triton import model_path, triton_models  # noqa: F401 - shared fixtures
+
+pytestmark = pytest.mark.integration
+GROUP, VERSION = "pantau.io", "v1alpha1"
+
+
+@pytest.fixture(scope="module")
+def camera_server(
+    dev_stack: DevStack, shared_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RtspCameraServer]:
+    tmp = tmp_path_factory.mktemp("cams")
+    table = ProcessTable(tmp / "pids", tmp / "logs")
+    vtest = shared_dir / "footage" / "vtest.avi"
+    mounts = [
+        RtspMount(
+            path="/vtest", source="file", file=vtest, fps=10, width=768, height=576, keyframe_interval=20
+        ),
+    ]
+    server = RtspCameraServer(table, "rtsp-ingest", free_port(), mounts, tmp)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def operator_process(
+    dev_stack: DevStack,
+    stack_info: StackInfo,
+    kubectl: list[str],
+    triton_models: str,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ProcessRecord]:
+    for f in sorted((REPO_ROOT / "crds").glob("*.yaml")):
+        subprocess.run([*kubectl, "apply", "--server-side", "-f", str(f)], check=True, capture_output=True)
+    subprocess.run(
+        [*kubectl, "wait", "--for=condition=Established", "--timeout=30s", "crd/cameras.pantau.io"],
+        check=True,
+        capture_output=True,
+    )
+    tmp = tmp_path_factory.mktemp("op")
+    table = ProcessTable(tmp / "pids", tmp / "logs")
+    port = free_port()
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(dev_stack.kubeconfig),
+        "PANTAU_RESYNC_INTERVAL": "2",
+        "PANTAU_LIVENESS_HOST": "127.0.0.1",
+        "PANTAU_LIVENESS_PORT": str(port),
+        "PANTAU_STATUS_NETWORKS": '["127.0.0.0/8"]',
+        "PANTAU_TRITON_ADDRESS": triton_models,
+        "PANTAU_OTLP_ENDPOINT": stack_info.jaeger_otlp_grpc or "",
+    }
+    record = table.spawn("operator", [str(Path(sys.executable).parent / "pantau"), "operator"], env=env)
+    wait_for(
+        lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200,
+        timeout=60,
+        what="operator healthz",
+        record=record,
+    )
+    yield record
+    table.stop("operator", grace=15)
+
+
+def apply(kubectl: list[str], namespace: str, *docs: dict[str, Any]) -> None:
+    done = subprocess.run(
+        [*kubectl, "apply", "-n", namespace, "-f", "-"],
+        input=yaml.safe_dump_all(docs),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def get(kubectl: list[str], namespace: str, kind: str, name: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [*kubectl, "get", "-n", namespace, kind, name, "-o", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def test_ingest_pod_streams_real_footage_through_triton_with_traces_and_events(
+    operator_process: ProcessRecord,
+    camera_server: RtspCameraServer,
+    kubectl: list[str],
+    namespace: str,
+    dev_stack: DevStack,
+    stack_info: StackInfo,
+) -> None:
+    site = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Site",
+        "metadata": {"name": "kota"},
+        "spec": {
+            "displayName": "Kota",
+            "region": "Kota Bengkulu",
+            "placement": {"nodeSelector": {"kubernetes.io/hostname": "pantau-local"}},
+            "ingest": {"minPods": 1, "maxPods": 1},
+            "eventSinks": [{"name": "log", "type": "stdout"}],
+        },
+    }
+    camera = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Camera",
+        "metadata": {"name": "simpang"},
+        "spec": {
+            "siteRef": {"name": "kota"},
+            "sampling": {"fps": 2},
+            "source": {"url": camera_server.url("/vtest"), "protocol": "rtsp"},
+        },
+    }
+    apply(kubectl, namespace, site, camera)
+
+    def streaming() -> dict[str, Any] | None:
+        obj = get(kubectl, namespace, "camera", "simpang")
+        return obj if obj.get("status", {}).get("streaming") else None
+
+    cam = wait_for(streaming, timeout=120, what="camera streaming (reported by the ingest pod)", interval=1)
+    ready = next(c for c in cam["status"]["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "Streaming")
+    pod = cam["status"]["pod"]
+
+    # Events: the pod's stdout sink writes one JSON line per processed frame.
+    log = dev_stack.settings.log_dir / "pods"
+
+    def events() -> list[dict[str, Any]]:
+        lines = [
+            line for f in log.glob(f"pod-{namespace}-{pod}-*.log") for line in f.read_text().splitlines()
+        ]
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    found = wait_for(
+        lambda: [e for e in events() if any(d["class"] == "person" for d in e["detections"])],
+        timeout=60,
+        what="events with persons",
+    )
+    event = found[0]
+    assert event["camera"] == f"{namespace}/simpang"
+    assert event["site"] == "kota"
+    trace_id = event["traceparent"].split("-")[1]
+
+    assert stack_info.jaeger_query
+
+    def trace() -> dict[str, Any] | None:
+        resp = httpx.get(f"{stack_info.jaeger_query}/api/traces/{trace_id}", timeout=5)
+        return resp.json() if resp.status_code == 200 else None
+
+    data = wait_for(trace, timeout=60, what="the event's trace in Jaeger")
+    spans = data["data"][0]["spans"]
+    names = {s["operationName"] for s in spans}
+    assert {"read/decode", "infer", "publish"} <= names
+    root = next(s for s in spans if not s.get("references"))
+    tags = {t["key"]: t["value"] for t in root["tags"]}
+    assert tags["pantau.camera"] == f"{namespace}/simpang"
+    assert tags["pantau.site"] == "kota"
+    assert tags["pantau.detections"] >= 1

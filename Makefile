@@ -66,7 +66,7 @@ test-smoke: setup
 	$(VENV)/bin/pytest -m smoke tests
 
 demo: setup
-	$(VENV)/bin/pantau dev up --wait
+	$(VENV)/bin/pantau demo
 
 clean-stack:
 	-$(VENV)/bin/pantau dev down --purge

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from pantau.demo.cli import demo
 from pantau.dev.cli import dev_app
 from pantau.handlers.cli import operator
 from pantau.ingest.cli import ingest
@@ -15,6 +16,7 @@ app.add_typer(model_app, name="model")
 app.command()(detect)
 app.command()(operator)
 app.command()(ingest)
+app.command()(demo)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""`pantau demo`: the whole system on the local stack."""

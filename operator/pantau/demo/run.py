@@ -1,0 +1,223 @@
+"""The demo, as code shared by `pantau demo` and the end-to-end tests.
+
+On the local stack it loads the detector into Triton, installs the CRDs, starts four test
+cameras (real footage, a synthetic pattern, a password-protected stream, and an address where
+nothing listens), starts the operator, and applies the Sites and Cameras in demo/ with kubectl.
+The operator's ingest pods then run as processes on the local node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import string
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+from tritonclient import grpc as triton_grpc
+
+from pantau.builders.pool import INGEST_PORT
+from pantau.dev.cameras import RtspCameraServer, RtspMount
+from pantau.dev.net import free_port
+from pantau.dev.procs import ProcessRecord, wait_for
+from pantau.dev.settings import REPO_ROOT
+from pantau.dev.stack import DevStack, StackInfo
+from pantau.triton import builder, contract
+
+DEMO_DIR = REPO_ROOT / "demo"
+NAMESPACE = "pantau-demo"
+SECRET = "pasar-manna-credentials"  # noqa: S105 - a Secret's name
+INGEST_SERVICE = "pantau-ingest"
+
+
+class Demo:
+    def __init__(self, stack: DevStack, namespace: str = NAMESPACE) -> None:
+        self.stack = stack
+        self.namespace = namespace
+        self.info: StackInfo = stack.status()
+        # A fresh password per run, only ever in the camera's config file (0600) and a Secret.
+        self.password = "demo-" + "".join(
+            secrets.choice(string.ascii_letters + string.digits) for _ in range(16)
+        )
+        self.rtsp_port = free_port()
+        self.operator_port = free_port()
+        self.cameras = RtspCameraServer(
+            stack.procs, "demo-cameras", self.rtsp_port, self._mounts(), stack.state / "demo"
+        )
+        self.operator: ProcessRecord | None = None
+
+    def _mounts(self) -> list[RtspMount]:
+        vtest = self.stack.settings.shared_dir / "footage" / "vtest.avi"
+        return [
+            RtspMount(
+                path="/vtest", source="file", file=vtest, fps=10, width=768, height=576, keyframe_interval=20
+            ),
+            RtspMount(path="/pattern", source="pattern", fps=10, width=640, height=360, keyframe_interval=20),
+            RtspMount(
+                path="/secure",
+                source="file",
+                file=vtest,
+                fps=10,
+                width=768,
+                height=576,
+                keyframe_interval=20,
+                username="viewer",
+                password=SecretStr(self.password),
+            ),
+        ]
+
+    # ----- start / stop -----
+
+    def start(self) -> None:
+        self.load_models()
+        self.install_crds()
+        self.cameras.start()
+        self.start_operator()
+        self.apply()
+
+    def stop(self) -> None:
+        """Stop what the demo started (the operator and the cameras); the stack is the caller's."""
+        self.stack.procs.stop("demo-operator", grace=15)
+        self.cameras.stop()
+
+    def load_models(self) -> None:
+        model = self.stack.settings.shared_dir / "models" / "yolox_nano.onnx"
+        builder.build(model, self.stack.model_repository, builder.BuildOptions(target="cpu"))
+        assert self.info.triton_grpc, "the demo needs the stack's Triton"
+        client = triton_grpc.InferenceServerClient(self.info.triton_grpc)
+        for name in (contract.MODEL, contract.JPEG_MODEL):
+            client.load_model(name)
+        client.close()
+
+    def install_crds(self) -> None:
+        for f in sorted((REPO_ROOT / "crds").glob("*.yaml")):
+            self.kubectl("apply", "--server-side", "-f", str(f), namespaced=False)
+        self.kubectl(
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/sites.pantau.io",
+            "crd/cameras.pantau.io",
+            namespaced=False,
+        )
+
+    def start_operator(self) -> None:
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.stack.kubeconfig),
+            "PANTAU_TRITON_ADDRESS": self.info.triton_grpc or "",
+            "PANTAU_OTLP_ENDPOINT": self.info.jaeger_otlp_grpc or "",
+            "PANTAU_STATUS_NETWORKS": '["127.0.0.0/8"]',  # ingest pods live on loopback here
+            "PANTAU_RESYNC_INTERVAL": "2",
+            "PANTAU_LIVENESS_HOST": "127.0.0.1",
+            "PANTAU_LIVENESS_PORT": str(self.operator_port),
+        }
+        pantau = str(Path(sys.executable).parent / "pantau")
+        self.operator = self.stack.procs.spawn("demo-operator", [pantau, "operator"], env=env)
+        wait_for(
+            lambda: httpx.get(f"http://127.0.0.1:{self.operator_port}/healthz", timeout=2).status_code == 200,
+            timeout=60,
+            what="operator /healthz",
+            record=self.operator,
+        )
+
+    def apply(self) -> None:
+        namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}}
+        self.kubectl("apply", "-f", "-", stdin=json.dumps(namespace), namespaced=False)
+        wait_for(
+            lambda: self.kubectl("get", "serviceaccount", "default", check=False).returncode == 0,
+            timeout=30,
+            what="the namespace's default ServiceAccount",
+        )
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": SECRET},
+            "stringData": {"username": "viewer", "password": self.password},
+        }
+        self.kubectl("apply", "-f", "-", stdin=json.dumps(secret))
+        self.kubectl("apply", "-f", str(DEMO_DIR / "sites.yaml"))
+        self.kubectl("apply", "-f", "-", stdin=self.render_cameras())
+
+    def render_cameras(self) -> str:
+        text = (DEMO_DIR / "cameras.yaml").read_text()
+        return text.replace("${RTSP}", f"127.0.0.1:{self.rtsp_port}").replace(
+            "${BROKEN}", f"127.0.0.1:{free_port()}"
+        )
+
+    # ----- looking at it -----
+
+    def kubectl(
+        self, *args: str, stdin: str | None = None, namespaced: bool = True, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        binary = self.stack.settings.bin_dir("k8s") / "kubectl"
+        ns = ["-n", self.namespace] if namespaced else []
+        done = subprocess.run(
+            [str(binary), f"--kubeconfig={self.stack.kubeconfig}", *ns, *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if check and done.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
+        return done
+
+    def objects(self, kind: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = json.loads(self.kubectl("get", kind, "-o", "json").stdout)["items"]
+        return items
+
+    def pod_reports(self) -> dict[str, dict[str, Any]]:
+        """The ingest pods' own /status, by camera name (live counters, unlike the Camera status)."""
+        reports: dict[str, dict[str, Any]] = {}
+        for pod in self.objects("pods"):
+            ip = pod.get("status", {}).get("podIP")
+            if not ip:
+                continue
+            try:
+                resp = httpx.get(f"http://{ip}:{INGEST_PORT}/status", timeout=2)
+                reports |= {c["name"]: c for c in resp.json().get("cameras", [])}
+            except (httpx.HTTPError, ValueError):
+                continue
+        return reports
+
+    def trace_ids(self, limit: int = 20) -> list[str]:
+        if not self.info.jaeger_query:
+            return []
+        resp = httpx.get(
+            f"{self.info.jaeger_query}/api/traces",
+            params={"service": INGEST_SERVICE, "limit": str(limit), "lookback": "1h"},
+            timeout=10,
+        )
+        return [t["traceID"] for t in (resp.json().get("data") or [])] if resp.status_code == 200 else []
+
+    def summary(self) -> dict[str, Any]:
+        reports = self.pod_reports()
+        cameras = []
+        for cam in self.objects("cameras"):
+            status = cam.get("status", {})
+            ready: dict[str, Any] = next(
+                (c for c in status.get("conditions", []) if c["type"] == "Ready"), {}
+            )
+            report = reports.get(cam["metadata"]["name"], {})
+            cameras.append(
+                {
+                    "namespace": cam["metadata"]["namespace"],
+                    "name": cam["metadata"]["name"],
+                    "site": cam["spec"]["siteRef"]["name"],
+                    "ready": ready.get("status") == "True",
+                    "streaming": bool(status.get("streaming")),
+                    "reason": status.get("reason") or ready.get("reason"),
+                    "frames_processed": int(
+                        report.get("frames_processed") or status.get("framesProcessed") or 0
+                    ),
+                    "detections": dict(report.get("detections") or status.get("detectionCounts") or {}),
+                }
+            )
+        return {"cameras": cameras, "trace_ids": self.trace_ids(), "jaeger": self.info.jaeger_query}

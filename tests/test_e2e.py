@@ -1,0 +1,176 @@
+"""End to end, from kubectl apply to traces: the demo's setup (same code as `pantau demo`) on the
+session's stack, checked the way a platform engineer and an SRE would check it."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from pantau.demo.run import Demo
+from pantau.dev.procs import wait_for
+from pantau.dev.stack import DevStack
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def demo(dev_stack: DevStack) -> Iterator[Demo]:
+    run = Demo(dev_stack, namespace="pantau-e2e")
+    run.start()
+    yield run
+    run.stop()
+
+
+def camera(demo: Demo, name: str) -> dict[str, Any]:
+    return json.loads(demo.kubectl("get", "camera", name, "-o", "json").stdout)  # type: ignore[no-any-return]
+
+
+def copy_of(demo: Demo, name: str, new_name: str) -> str:
+    """One of the demo's Cameras (as `pantau demo` renders demo/cameras.yaml) under another name."""
+    doc = next(d for d in yaml.safe_load_all(demo.render_cameras()) if d["metadata"]["name"] == name)
+    doc["metadata"]["name"] = new_name
+    return yaml.safe_dump(doc)
+
+
+def ingest_pods(demo: Demo) -> dict[str, tuple[str, int]]:
+    """pod name -> (uid, restarts)"""
+    pods = {}
+    for p in demo.objects("pods"):
+        restarts = sum(c.get("restartCount", 0) for c in p.get("status", {}).get("containerStatuses", []))
+        pods[p["metadata"]["name"]] = (p["metadata"]["uid"], restarts)
+    return pods
+
+
+def test_cameras_become_ready_and_streaming_within_60_s(demo: Demo) -> None:
+    def all_streaming() -> bool:
+        cams = {c["metadata"]["name"]: c.get("status", {}) for c in demo.objects("cameras")}
+        return all(cams.get(n, {}).get("streaming") for n in ("simpang-lima", "test-pattern", "pasar-manna"))
+
+    wait_for(all_streaming, timeout=60, what="cameras streaming", interval=1)
+    for name in ("simpang-lima", "test-pattern", "pasar-manna"):
+        ready = next(c for c in camera(demo, name)["status"]["conditions"] if c["type"] == "Ready")
+        assert ready["status"] == "True", (name, ready)
+    table = demo.kubectl("get", "cameras").stdout
+    header = table.splitlines()[0].split()
+    assert header == ["NAME", "SITE", "READY", "STREAMING", "REASON", "FPS", "POD", "AGE"]
+
+
+def test_broken_camera_tells_why(demo: Demo) -> None:
+    def refused() -> dict[str, Any] | None:
+        status = camera(demo, "pelabuhan").get("status", {})
+        return status if status.get("reason") == "ConnectionRefused" else None
+
+    status = wait_for(refused, timeout=60, what="pelabuhan: ConnectionRefused", interval=1)
+    assert status["streaming"] is False
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "ConnectionRefused")
+    row = next(r for r in demo.kubectl("get", "cameras").stdout.splitlines() if r.startswith("pelabuhan"))
+    assert "ConnectionRefused" in row
+
+
+def events_of(demo: Demo, camera_name: str) -> list[dict[str, Any]]:
+    found = []
+    for log in (demo.stack.settings.log_dir / "pods").glob(f"pod-{demo.namespace}-*.log"):
+        for line in log.read_text(errors="replace").splitlines():
+            if line.startswith("{") and f'"camera":"{demo.namespace}/{camera_name}"' in line.replace(" ", ""):
+                found.append(json.loads(line))
+    return found
+
+
+def test_persons_on_footage_are_in_events_and_traces(demo: Demo) -> None:
+    with_people = wait_for(
+        lambda: [
+            e for e in events_of(demo, "simpang-lima") if any(d["class"] == "person" for d in e["detections"])
+        ],
+        timeout=60,
+        what="events with persons",
+    )
+    event = with_people[-1]
+    trace_id = event["traceparent"].split("-")[1]
+    assert demo.info.jaeger_query
+
+    def trace() -> dict[str, Any] | None:
+        resp = httpx.get(f"{demo.info.jaeger_query}/api/traces/{trace_id}", timeout=5)
+        return resp.json() if resp.status_code == 200 else None
+
+    spans = wait_for(trace, timeout=60, what="trace in Jaeger")["data"][0]["spans"]
+    root = next(s for s in spans if not s.get("references"))
+    tags = {t["key"]: t["value"] for t in root["tags"]}
+    assert tags["pantau.site"] == "kota-bengkulu"
+    assert tags["pantau.camera"] == f"{demo.namespace}/simpang-lima"
+    assert tags["pantau.frame_id"] == event["frame_id"]
+    assert tags["pantau.detections"] == len(event["detections"])
+    assert f"{root['spanID']}" in event["traceparent"]
+
+
+def test_camera_added_at_runtime_streams_without_restarting_the_pool(demo: Demo) -> None:
+    wait_for(
+        lambda: camera(demo, "simpang-lima").get("status", {}).get("streaming"), timeout=60, what="streaming"
+    )
+    before = ingest_pods(demo)
+    demo.kubectl("apply", "-f", "-", stdin=copy_of(demo, "simpang-lima", "simpang-lima-2"))
+    wait_for(
+        lambda: camera(demo, "simpang-lima-2").get("status", {}).get("streaming"),
+        timeout=60,
+        what="the new camera streaming",
+        interval=1,
+    )
+    after = ingest_pods(demo)
+    for pod, (uid, restarts) in before.items():
+        assert after[pod] == (uid, restarts), f"pod {pod} was restarted"
+
+
+def test_deleted_camera_stops_streaming_within_10_s(demo: Demo) -> None:
+    demo.kubectl("apply", "-f", "-", stdin=copy_of(demo, "test-pattern", "pattern-gone"))
+    wait_for(
+        lambda: demo.pod_reports().get("pattern-gone", {}).get("state") == "Streaming",
+        timeout=60,
+        what="pattern-gone streaming",
+        interval=1,
+    )
+    demo.kubectl("delete", "camera", "pattern-gone", "--wait=false")
+    deleted = time.monotonic()
+    wait_for(
+        lambda: "pattern-gone" not in demo.pod_reports(), timeout=10, what="stream stopped", interval=0.5
+    )
+    assert time.monotonic() - deleted <= 10
+
+
+def test_password_protected_camera_works_and_its_password_is_nowhere(demo: Demo) -> None:
+    wait_for(
+        lambda: camera(demo, "pasar-manna").get("status", {}).get("streaming"), timeout=60, what="streaming"
+    )
+    assert events_of(demo, "pasar-manna")
+    needles = {demo.password, urllib.parse.quote(demo.password, safe="")}
+
+    def leaks(text: str, where: str) -> list[str]:
+        return [f"{where}" for n in needles if n in text]
+
+    found: list[str] = []
+    # Every log of the stack: control plane, operator, ingest pods, cameras, Triton, Jaeger.
+    for path in Path(demo.stack.settings.log_dir).rglob("*.log"):
+        found += leaks(path.read_text(errors="replace"), str(path))
+    # Statuses and Events.
+    for kind in ("cameras", "sites", "events", "pods", "configmaps", "statefulsets"):
+        found += leaks(demo.kubectl("get", kind, "-o", "json").stdout, kind)
+    # Traces of the ingest pods.
+    assert demo.info.jaeger_query
+    traces = httpx.get(
+        f"{demo.info.jaeger_query}/api/traces",
+        params={"service": "pantau-ingest", "limit": "2000", "lookback": "1h"},
+        timeout=30,
+    )
+    assert traces.status_code == 200
+    assert traces.json()["data"], "no traces to search"
+    found += leaks(traces.text, "jaeger")
+    # What the ingest pods serve.
+    found += leaks(json.dumps(demo.pod_reports()), "/status")
+    assert found == []

@@ -158,7 +158,7 @@ def test_get_pantau_lists_both_kinds(samples: str, k: list[str], module_namespac
     [
         (
             "cameras",
-            "NAME SITE READY STREAMING REASON FPS AGE",
+            "NAME SITE READY STREAMING REASON FPS POD AGE",
             "NAME SITE READY STREAMING REASON FPS POD AGE",
         ),
         (
@@ -166,7 +166,11 @@ def test_get_pantau_lists_both_kinds(samples: str, k: list[str], module_namespac
             "NAME CAMERAS STREAMING PODS READY AGE",
             "NAME REGION CAMERAS STREAMING PODS DESIRED READY AGE",
         ),
-        ("cam", "NAME SITE READY STREAMING REASON FPS AGE", "NAME SITE READY STREAMING REASON FPS POD AGE"),
+        (
+            "cam",
+            "NAME SITE READY STREAMING REASON FPS POD AGE",
+            "NAME SITE READY STREAMING REASON FPS POD AGE",
+        ),
         (
             "psite",
             "NAME CAMERAS STREAMING PODS READY AGE",

@@ -44,6 +44,20 @@ def _errors(exc: ValidationError) -> str:
     )
 
 
+def _facts(body: Mapping[str, Any], model: type[SiteSpec] | type[CameraSpec]) -> ObjectFacts:
+    """A watched object as the planner sees it; an invalid spec is kept as its error message."""
+    meta = body["metadata"]
+    spec: SiteSpec | CameraSpec | None
+    try:
+        spec, error = model.model_validate(_plain(body.get("spec") or {})), None
+    except ValidationError as exc:
+        spec, error = None, _errors(exc)
+    labels, status = dict(meta.get("labels") or {}), _plain(body.get("status") or {})
+    return ObjectFacts(
+        meta["namespace"], meta["name"], meta["uid"], meta.get("generation", 0), spec, error, labels, status
+    )
+
+
 @dataclass
 class OperatorState:
     settings: OperatorSettings
@@ -82,39 +96,11 @@ class OperatorState:
 
     @staticmethod
     def site_facts(body: Mapping[str, Any]) -> ObjectFacts:
-        meta = body["metadata"]
-        try:
-            spec, error = SiteSpec.model_validate(_plain(body.get("spec") or {})), None
-        except ValidationError as exc:
-            spec, error = None, _errors(exc)
-        return ObjectFacts(
-            meta["namespace"],
-            meta["name"],
-            meta["uid"],
-            meta.get("generation", 0),
-            spec,
-            error,
-            dict(meta.get("labels") or {}),
-            _plain(body.get("status") or {}),
-        )
+        return _facts(body, SiteSpec)
 
     @staticmethod
     def camera_facts(body: Mapping[str, Any]) -> ObjectFacts:
-        meta = body["metadata"]
-        try:
-            spec, error = CameraSpec.model_validate(_plain(body.get("spec") or {})), None
-        except ValidationError as exc:
-            spec, error = None, _errors(exc)
-        return ObjectFacts(
-            meta["namespace"],
-            meta["name"],
-            meta["uid"],
-            meta.get("generation", 0),
-            spec,
-            error,
-            dict(meta.get("labels") or {}),
-            _plain(body.get("status") or {}),
-        )
+        return _facts(body, CameraSpec)
 
     # ----- dirty flags -----
 

@@ -111,3 +111,22 @@ def test_camera_without_site() -> None:
     status = camera_status_without_site(cam("lonely"), "pasar", NOW)
     assert status["reason"] == "SiteNotFound"
     assert "pasar" in ready(status)["message"]
+
+
+def test_ingest_reports_become_reasons() -> None:
+    pods = {"alun-ingest-0": True}
+    reports = {
+        "ok": {"state": "Streaming", "reason": None, "fps": 2.0, "frames_processed": 10},
+        "auth": {"state": "Backoff", "reason": "AuthFailed", "message": "401 from the camera"},
+        "triton": {"state": "Streaming", "reason": "TritonUnavailable", "message": "Triton is down"},
+    }
+    cameras = [cam(n) for n in reports]
+    plan = plan_site(site(), cameras, pods, frozenset(), SETTINGS, NOW, reports)
+    got = {n: (ready(s)["status"], ready(s)["reason"], s["streaming"]) for n, s in plan.camera_status.items()}
+    assert got == {
+        "ok": ("True", "Streaming", True),
+        "auth": ("False", "AuthFailed", False),
+        "triton": ("False", "TritonUnavailable", True),
+    }
+    assert plan.camera_status["auth"]["reason"] == "AuthFailed"
+    assert plan.camera_status["ok"]["framesProcessed"] == 10

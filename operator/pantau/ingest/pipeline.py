@@ -79,6 +79,9 @@ class CameraStats:
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=500))
     processed_at: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
     sessions_opened: int = 0
+    # Seconds the worker waits before its next connection attempt; None while an attempt or a
+    # session is under way. Shows the back-off (and the AuthFailed floor) actually applied.
+    retry_delay: float | None = None
 
     def fps(self, window: float = 60.0) -> float:
         """Processed frames per second over the last `window` seconds (or since the first)."""
@@ -103,6 +106,7 @@ class CameraWorker:
         self.stats = CameraStats()
         self._task: asyncio.Task[None] | None = None
         self._session = 0
+        self._samples = 0  # samples the sources delivered, all sessions together
 
     # ----- lifecycle -----
 
@@ -149,10 +153,15 @@ class CameraWorker:
             if self.spec.paused:
                 self.stats.state, self.stats.reason = "Stopped", "Paused"
                 return
+            samples = self._samples
             try:
                 await self._stream()
                 failures = auth_failures = 0  # a clean end (file done): start again promptly
             except SourceError as exc:
+                if self._samples > samples:
+                    # The session delivered frames: this failure starts a new outage, so the back-off
+                    # starts over (otherwise every outage in a worker's life would wait longer).
+                    failures = auth_failures = 0
                 failures += 1
                 auth_failures = auth_failures + 1 if exc.reason == "AuthFailed" else 0
                 self.stats.state, self.stats.reason, self.stats.message = "Backoff", exc.reason, str(exc)
@@ -160,7 +169,8 @@ class CameraWorker:
                 delay = random.uniform(delay / 2, delay)  # noqa: S311 - jitter, not crypto
                 if auth_failures >= AUTH_FAILURES_BEFORE_SLOWDOWN:
                     delay = max(delay, self.ctx.auth_backoff)
-                log.warning("camera %s: %s; retrying in %.1f s", self.name, exc, delay)
+                self.stats.retry_delay = delay
+                log.warning("camera %s: %s (%s); retrying in %.1f s", self.name, exc.reason, exc, delay)
                 await asyncio.sleep(delay)
 
     async def _stream(self) -> None:
@@ -171,9 +181,11 @@ class CameraWorker:
         stop = threading.Event()
         self._session += 1
         self.stats.sessions_opened += 1
+        self.stats.retry_delay = None
         size = self.ctx.detector.input_size
 
         def offer(sample: Sample) -> None:
+            self._samples += 1
             if queue.full():
                 queue.get_nowait()
                 self.stats.dropped["QueueFull"] += 1

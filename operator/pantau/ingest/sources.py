@@ -29,6 +29,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -44,7 +45,7 @@ from av.container import InputContainer
 from av.video.codeccontext import VideoCodecContext
 from av.video.stream import VideoStream
 
-from pantau.ingest.redact import basic_auth_token, redact_url, scrub
+from pantau.ingest.redact import REDACTED, basic_auth_token, redact_url, scrub
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +264,60 @@ def describe(exc: BaseException, secrets: tuple[str, ...] = ()) -> str:
     else:
         text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return scrub(text, secrets)
+
+
+# ----- FFmpeg's log -------------------------------------------------------------------------------
+
+FFMPEG_LOGGER: Final = "libav"  # PyAV logs FFmpeg's messages as libav.<component>
+_AUTH_HEADER: Final = re.compile(r"(?im)^([ \t]*(?:proxy-)?authorization:[ \t]*)[^\r\n]*")
+
+
+class _FfmpegLogScrubber:
+    """Keeps camera credentials out of FFmpeg's log.
+
+    Once anything calls `av.logging.set_level`, PyAV turns FFmpeg's log into records of the `libav.*`
+    loggers, and at DEBUG FFmpeg's RTSP client logs every request it sends with its `Authorization:
+    Basic <user:password in base64>` header. A log record factory (a filter on the `libav` logger would
+    not see its children's records) rewrites those records as they are made: header values and URL
+    user info are redacted, and so is every secret of an open session, in any of its encodings.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._secrets: Counter[str] = Counter()
+        self._factory: Callable[..., logging.LogRecord] | None = None
+
+    def hold(self, secrets: tuple[str, ...]) -> Callable[[], None]:
+        """Scrub `secrets` until the returned function is called (once or more)."""
+        with self._lock:
+            if self._factory is None:  # installed on first use, never at import
+                self._factory = logging.getLogRecordFactory()
+                logging.setLogRecordFactory(self._record)
+            self._secrets.update(secrets)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            with self._lock:
+                if not released:
+                    released = True
+                    self._secrets.subtract(secrets)
+                    self._secrets = +self._secrets  # forget what no open session holds
+
+        return release
+
+    def _record(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        assert self._factory is not None
+        record = self._factory(*args, **kwargs)
+        if record.name == FFMPEG_LOGGER or record.name.startswith(FFMPEG_LOGGER + "."):
+            with self._lock:
+                secrets = tuple(self._secrets)
+            text = _AUTH_HEADER.sub(rf"\g<1>{REDACTED}", record.getMessage())
+            record.msg, record.args = scrub(text, secrets), ()
+        return record
+
+
+_FFMPEG_LOG: Final = _FfmpegLogScrubber()
 
 
 # ----- URLs ---------------------------------------------------------------------------------------
@@ -714,7 +769,13 @@ class _AvSource(_StreamingSource):
         self._container: InputContainer | None = None
         self._last_key: tuple[float | None, float, int] | None = None
         self._packets = 0
-        self._container, self._stream = self._open()
+        # FFmpeg's DEBUG log quotes this session's credentials: scrubbed until the session is closed.
+        self._unhold = _FFMPEG_LOG.hold(cfg.secrets)
+        try:
+            self._container, self._stream = self._open()
+        except BaseException:
+            self._unhold()
+            raise
         self._start()
 
     def _open(self) -> tuple[InputContainer, VideoStream]:
@@ -852,8 +913,11 @@ class _AvSource(_StreamingSource):
 
     def _release(self) -> None:
         container, self._container = self._container, None
-        if container is not None:
-            container.close()
+        try:
+            if container is not None:
+                container.close()  # the RTSP TEARDOWN is a request with credentials too
+        finally:
+            self._unhold()
 
     def _frame_of(self, item: _Item) -> av.VideoFrame | None:
         return item.payload if isinstance(item.payload, av.VideoFrame) else None

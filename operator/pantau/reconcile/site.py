@@ -214,9 +214,18 @@ def plan_site(
                         report.get("message") or f"camera is {report.get('state', 'not streaming').lower()}"
                     )
                     ok = False
+                    wanted.append(_condition("Streaming", False, reason, message, gen, now))
                 else:
+                    wanted.append(
+                        _condition("Streaming", True, "Streaming", f"frames arrive at pod {pod}", gen, now)
+                    )
                     reason, message = "Streaming", f"frames arrive at pod {pod}"
-                wanted.append(_condition("Streaming", streaming, reason, message, gen, now))
+                    if report.get("reason"):  # frames arrive but are not analysed, e.g. TritonUnavailable
+                        reason, message, ok = (
+                            report["reason"],
+                            report.get("message") or report["reason"],
+                            False,
+                        )
             wanted.append(_condition("Ready", ok, reason, message, gen, now))
             ready_count += ok
             failed += reason == "SecretNotFound"

@@ -25,6 +25,7 @@ from tritonclient.utils import InferenceServerException
 from pantau.triton import contract, yolox
 
 Wire = Literal["uint8", "jpeg"]
+NO_MODEL_VERSION = "has no available versions"  # Triton: "Request for unknown model: 'x' has no ..."
 
 
 class InferenceError(RuntimeError):
@@ -241,4 +242,8 @@ def _reason(exc: InferenceServerException) -> Literal["TritonUnavailable", "Time
         return "TritonUnavailable"
     if "DEADLINE_EXCEEDED" in status:
         return "Timeout"
+    if NO_MODEL_VERSION in str(exc.message() or ""):
+        # NOT_FOUND while the model is being unloaded or loaded (Triton shutting down or starting):
+        # a passing outage like UNAVAILABLE, so retried and reported as such, not a failed request.
+        return "TritonUnavailable"
     return "InferenceFailed"

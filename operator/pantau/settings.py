@@ -27,6 +27,9 @@ class OperatorSettings(BaseSettings):
         default=5.0, gt=0, description="Seconds between drift-repair passes per Site."
     )
     debounce: float = Field(default=0.3, ge=0, description="Seconds to gather Camera changes into one pass.")
+    settle_max: float = Field(
+        default=20.0, ge=0, description="Longest wait for a Site's Cameras to stop arriving before a pass."
+    )
     watch_server_timeout: int = Field(default=300, gt=0, description="Server-side watch timeout, seconds.")
     watch_client_timeout: int = Field(default=330, gt=0, description="Client-side watch timeout, seconds.")
     inactivity_timeout: float = Field(
@@ -38,7 +41,7 @@ class OperatorSettings(BaseSettings):
         default=False,
         description="Kopf peering (one active operator among replicas); needs the peering CRDs.",
     )
-    api_concurrency: int = Field(default=32, ge=1, description="API requests the operator keeps in flight.")
+    api_concurrency: int = Field(default=8, ge=1, description="API requests the operator keeps in flight.")
     status_networks: tuple[str, ...] = Field(
         default=(),
         description="Networks (CIDRs) of ingest pods whose /status the operator may poll; empty = any.",

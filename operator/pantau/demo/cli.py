@@ -7,17 +7,19 @@ import signal
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from pantau.demo.run import Demo
 from pantau.dev.procs import StackError
 from pantau.dev.settings import DevSettings
 from pantau.dev.stack import DevStack
+
+if TYPE_CHECKING:
+    from pantau.demo.run import Demo
 
 console = Console()
 
@@ -70,6 +72,8 @@ def demo(
     summary: Annotated[Path | None, typer.Option(help="Write a JSON summary here at the end.")] = None,
 ) -> None:
     """Run the whole system on the local stack: cameras, operator, ingest pods, Triton, traces."""
+    from pantau.demo.run import Demo
+
     signal.signal(signal.SIGTERM, _interrupt)
     stack = DevStack(DevSettings())
     demo_run: Demo | None = None

@@ -90,8 +90,8 @@ def pod_index(
 
 
 @kopf.index("apps", "v1", "statefulsets", labels=MANAGED)
-def pool_index(namespace: str | None, name: str, **_: Any) -> dict[tuple[str, str], bool]:
-    return {(namespace or "", name): True}
+def pool_index(namespace: str | None, name: str, meta: kopf.Meta, **_: Any) -> dict[tuple[str, str], str]:
+    return {(namespace or "", name): str(meta.get("creationTimestamp") or "")}
 
 
 # ----- triggers: mark the affected Site dirty -----
@@ -139,6 +139,21 @@ def child_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **_: An
 # ----- the reconcile loop of each Site -----
 
 
+async def settle(state: OperatorState, cameras: Any, key: tuple[str, str]) -> None:
+    """Wait while the Site's Cameras are still arriving (a burst of kubectl applies), up to
+    `settle_max` seconds: sizing the pool from a half-created set would resize it again and
+    again, moving Cameras between pods at each step."""
+    count = len(cameras.get(key, []))
+    waited = 0.0
+    while True:
+        await asyncio.sleep(state.settings.debounce)
+        waited += state.settings.debounce
+        now = len(cameras.get(key, []))
+        if now == count or waited >= state.settings.settle_max:
+            return
+        count = now
+
+
 @kopf.daemon(*SITES, cancellation_timeout=10)
 async def site_loop(
     namespace: str | None, name: str, stopped: kopf.DaemonStopped, memo: Any, **kwargs: Any
@@ -153,7 +168,7 @@ async def site_loop(
             await asyncio.wait_for(dirty.wait(), timeout=state.settings.resync_interval)
         if stopped:
             break
-        await asyncio.sleep(state.settings.debounce)  # let a burst of changes arrive first
+        await settle(state, kwargs["camera_index"], (namespace, name))
         dirty.clear()
         try:
             await reconcile_site(state, namespace, name, kwargs)

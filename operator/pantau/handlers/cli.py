@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import kopf
 import typer
 
@@ -19,6 +21,11 @@ def operator(
     import pantau.handlers  # noqa: F401 - registers the handlers with Kopf
 
     kopf.configure(verbose=verbose, log_prefix=True)
+    if not verbose:
+        # One line per handled event (thousands per burst) buries the lines that matter; httpx
+        # logs every request.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     kopf.run(
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,

@@ -228,11 +228,34 @@ async def reconcile_site(state: OperatorState, namespace: str, name: str, indexe
     by_name = {c.name: c for c in cameras}
     await asyncio.gather(
         *(state.set_camera_label(by_name[n], shard) for n, shard in plan.camera_labels.items()),
-        *(state.set_status("Camera", by_name[n], status) for n, status in plan.camera_status.items()),
+        *(
+            state.set_status("Camera", by_name[n], status)
+            for n, status in plan.camera_status.items()
+            if not _pod_coming(status, pool_pods, pools, namespace, now)
+        ),
     )
     await state.set_status("Site", site, plan.site_status)
     uids = {f"Camera/{c.name}": c.uid for c in cameras} | {f"Site/{name}": site.uid}
     state.post(namespace, uids, plan.events)
+
+
+POD_START_GRACE = 60.0
+
+
+def _pod_coming(
+    status: dict[str, Any], pods: Mapping[str, Any], pools: Any, namespace: str, now: datetime
+) -> bool:
+    """A Camera whose pod is not created yet, in a pool created less than a minute ago: its status
+    would say PodNotReady now and PodReady seconds later, so it is written once, later."""
+    pod = status.get("pod")
+    ready = [c for c in status.get("conditions", []) if c.get("type") == "Ready"]
+    if not pod or pod in pods or not ready or ready[0].get("reason") != "PodNotReady":
+        return False
+    created = next(iter(pools.get((namespace, pod.rsplit("-", 1)[0]), [])), "")
+    if not created:
+        return True  # the StatefulSet itself is being created
+    age = now - datetime.fromisoformat(created.replace("Z", "+00:00"))
+    return age.total_seconds() < POD_START_GRACE
 
 
 async def reconcile_orphan_camera(state: OperatorState, camera: ObjectFacts, site_name: str) -> None:

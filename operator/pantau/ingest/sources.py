@@ -67,9 +67,11 @@ T = TypeVar("T")
 
 MIN_FPS: Final = 0.1
 MAX_FPS: Final = 30.0
-# Keyframes only once the sample interval is 10% above the keyframe interval, back to every frame
-# once it is below it: measurement jitter must not flip the decoder at every keyframe.
-KEYFRAMES_ONLY_ABOVE: Final = 1.1
+# Keyframes only once the sample interval reaches the keyframe interval (a 5% margin for
+# measurement jitter: one sample per GOP is exactly the common "1 frame / 2 s, keyframe every
+# 2 s" case), back to every frame below 90% of it; the gap keeps the decoder from flipping.
+KEYFRAMES_ONLY_ABOVE: Final = 0.95
+KEYFRAMES_ONLY_BELOW: Final = 0.9
 MAX_GOP_SECONDS: Final = 60.0  # a longer "keyframe interval" is a timestamp jump, not a GOP
 # PyAV probes the stream when it opens; FFmpeg's default (5 s) would delay every (re)connection.
 ANALYZE_MICROSECONDS: Final = 1_000_000
@@ -894,8 +896,8 @@ class _AvSource(_StreamingSource):
         self._last_key = current
         if gop is None:
             return
-        threshold = 1.0 if self._keyframes_only else KEYFRAMES_ONLY_ABOVE
-        wanted = self._interval > gop * threshold
+        threshold = KEYFRAMES_ONLY_BELOW if self._keyframes_only else KEYFRAMES_ONLY_ABOVE
+        wanted = self._interval >= gop * threshold
         with self._cond:
             self._gop = gop
             changed = wanted != self._keyframes_only

@@ -8,12 +8,11 @@ import json
 from pathlib import Path
 from typing import Annotated
 
-import av
 import typer
 from rich.console import Console
 
-from pantau.triton.builder import BuildOptions, ModelBuildError, Target, build
-from pantau.triton.client import ClientSettings, Detector, InferenceError
+# av, onnx and tritonclient are imported inside the commands: `pantau operator` shares this
+# command-line module and should not carry them in memory.
 
 model_app = typer.Typer(help="Triton model repositories for the detector.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -30,6 +29,8 @@ def build_command(
     threads: Annotated[int, typer.Option(min=0, help="onnxruntime threads per instance; 0 = all cores.")] = 0,
 ) -> None:
     """Write a ready Triton model repository (yolox, yolox_jpeg, ...) for one target."""
+    from pantau.triton.builder import BuildOptions, ModelBuildError, Target, build
+
     if target not in ("cpu", "gpu"):
         raise typer.BadParameter("must be 'cpu' or 'gpu'", param_hint="--target")
     if not model.is_file():
@@ -55,6 +56,10 @@ def detect(
     json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per detection.")] = False,
 ) -> None:
     """Run an image or a video through Triton's detector and print the detections."""
+    import av
+
+    from pantau.triton.client import InferenceError
+
     if not path.is_file():
         raise typer.BadParameter(f"{path} is not a file", param_hint="PATH")
     try:
@@ -68,6 +73,10 @@ def detect(
 
 
 async def _detect(path: Path, triton: str, every: int, json_lines: bool) -> None:
+    import av
+
+    from pantau.triton.client import ClientSettings, Detector
+
     out = Console(highlight=False)
     async with await Detector.connect(ClientSettings(url=triton)) as detector:
         with av.open(str(path)) as container:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from pantau.bench.cli import bench_app
 from pantau.demo.cli import demo
 from pantau.dev.cli import dev_app
 from pantau.handlers.cli import operator
@@ -13,6 +14,7 @@ from pantau.triton.cli import detect, model_app
 app = typer.Typer(name="pantau", help="Pantau: CCTV analytics on Kubernetes.", no_args_is_help=True)
 app.add_typer(dev_app, name="dev")
 app.add_typer(model_app, name="model")
+app.add_typer(bench_app, name="bench")
 app.command()(detect)
 app.command()(operator)
 app.command()(ingest)

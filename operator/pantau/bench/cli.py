@@ -1,0 +1,237 @@
+"""`pantau bench ...`: benchmarks on the real local stack, each against a baseline of the same run."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from pantau.dev.procs import StackError
+from pantau.dev.settings import DevSettings
+from pantau.dev.stack import DevStack
+
+bench_app = typer.Typer(help="Benchmarks on the real local stack.", no_args_is_help=True)
+console = Console(stderr=True)
+
+
+def _concurrency(value: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError as exc:
+        raise typer.BadParameter("a comma-separated list of integers, e.g. 1,4,8") from exc
+    if not levels or min(levels) < 1:
+        raise typer.BadParameter("each level must be at least 1")
+    return tuple(dict.fromkeys(levels))  # once each, in the order given
+
+
+@bench_app.command("inference")
+def inference_command(
+    frames: Annotated[int, typer.Option(min=1, help="Frames of the clip decoded once and cycled.")] = 64,
+    seconds: Annotated[float, typer.Option(min=0.1, help="Measured seconds per row and round.")] = 2.0,
+    warmup: Annotated[float, typer.Option(min=0.0, help="Warm-up seconds per row and round.")] = 0.5,
+    rounds: Annotated[int, typer.Option(min=1, help="Sweeps; each row pools its rounds.")] = 3,
+    concurrency: Annotated[str, typer.Option(help="Concurrent callers per path, comma-separated.")] = "1,4,8",
+    max_batch: Annotated[int, typer.Option(min=1, help="Pantau client's batch limit.")] = 8,
+    wire_frames: Annotated[int, typer.Option(min=1, help="Frames sent to count bytes on the wire.")] = 16,
+    instances: Annotated[int, typer.Option(min=1, help="Triton model instances (as `model build`).")] = 1,
+    threads: Annotated[int, typer.Option(min=0, help="onnxruntime threads per instance; 0 = all cores.")] = 0,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Use the running stack with this state directory (e.g. `pantau dev up`'s) instead of "
+            "starting a throwaway one; its models are rebuilt and stay loaded."
+        ),
+    ] = None,
+    model: Annotated[Path | None, typer.Option(help="YOLOX ONNX export; default: the shared one.")] = None,
+    footage: Annotated[Path | None, typer.Option(help="Video clip; default: the shared vtest.avi.")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results here.")] = None,
+) -> None:
+    """Frames/s and latency of in-process onnxruntime, Pantau's client via Triton gRPC and a naive
+    HTTP client over a concurrency sweep, bytes on the wire per frame, and the goals' ratios."""
+    # Imported here: `pantau operator` shares this command line and should not load them.
+    from pantau.bench import inference
+    from pantau.triton.builder import BuildOptions
+
+    config = inference.BenchConfig(
+        frames=frames,
+        seconds=seconds,
+        warmup=warmup,
+        rounds=rounds,
+        concurrency=_concurrency(concurrency),
+        max_batch=max_batch,
+        wire_frames=wire_frames,
+        build=BuildOptions(target="cpu", instances=instances, intra_op_threads=threads),
+    )
+    shared = DevSettings().shared_dir
+    model_path = model or shared / "models" / "yolox_nano.onnx"
+    footage_path = footage or shared / "footage" / "vtest.avi"
+    for path, option in ((model_path, "--model"), (footage_path, "--footage")):
+        if not path.is_file():
+            raise typer.BadParameter(f"{path} is not a file", param_hint=option)
+
+    def progress(message: str) -> None:
+        console.print(f"[dim]{message}[/dim]")
+
+    try:
+        if state_dir is not None:
+            stack = DevStack(DevSettings(state_dir=state_dir))
+            report = inference.run(
+                config, inference.Endpoints.of_stack(stack), model_path, footage_path, progress
+            )
+        else:
+            with tempfile.TemporaryDirectory(prefix="pantau-bench-") as tmp:
+                # Only Triton is used; no fake nodes and no Jaeger to keep the idle load low.
+                stack = DevStack(DevSettings(state_dir=Path(tmp), kwok_nodes=0, with_jaeger=False))
+                try:
+                    with console.status("starting a throwaway local stack ..."):
+                        stack.up()
+                    endpoints = inference.Endpoints.of_stack(stack)
+                    report = inference.run(config, endpoints, model_path, footage_path, progress)
+                finally:
+                    stack.down()
+    except StackError as exc:
+        console.print(f"[red]stack failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=200)  # piped into a file or README: keep the table's rows whole
+    inference.render(report, out)
+    if json_path is not None:
+        json_path.write_text(report.to_json())
+        console.print(f"wrote {json_path}")
+
+
+@bench_app.command("operator")
+def operator_command(
+    cameras: Annotated[
+        int, typer.Option(min=1, help="Cameras created, spread evenly over the Sites.")
+    ] = 5000,
+    sites: Annotated[
+        int, typer.Option(min=1, help="Sites, each with its ingest pool on the fake nodes.")
+    ] = 10,
+    concurrency: Annotated[int, typer.Option(min=1, help="Creates in flight (baseline and run alike).")] = 32,
+    resync: Annotated[float, typer.Option(min=0.1, help="The operator's PANTAU_RESYNC_INTERVAL.")] = 5.0,
+    debounce: Annotated[
+        float | None, typer.Option(min=0.0, help="The operator's PANTAU_DEBOUNCE; default: its own.")
+    ] = None,
+    settle: Annotated[
+        float | None,
+        typer.Option(min=0.1, help="Quiet seconds that end the write count; default: 2 x resync + 2."),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(min=1.0, help="Give up converging after this many seconds.")
+    ] = 600.0,
+    keep_logs: Annotated[
+        Path | None, typer.Option(help="Copy the operator's and the stack's logs into this directory.")
+    ] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results here.")] = None,
+) -> None:
+    """Time until every Camera is assigned and every pool exists, API writes per Camera and the
+    operator's peak RSS, against the raw create rate of Cameras measured in the same run."""
+    from pantau.bench import operator_scale
+
+    try:
+        config = operator_scale.ScaleConfig(
+            cameras=cameras,
+            sites=sites,
+            concurrency=concurrency,
+            resync_interval=resync,
+            debounce=debounce,
+            settle=settle,
+            timeout=timeout,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+    def progress(message: str) -> None:
+        console.print(f"[dim]{message}[/dim]")
+
+    try:
+        report = operator_scale.run_fresh(config, progress, keep_logs)
+    except StackError as exc:
+        console.print(f"[red]stack failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=160)  # piped into a file or README: keep the table's rows whole
+    operator_scale.render(report, out)
+    if json_path is not None:
+        json_path.write_text(report.to_json())
+        console.print(f"wrote {json_path}")
+
+
+@bench_app.command("ingest")
+def ingest_command(
+    cameras: Annotated[str, typer.Option(help="Pantau sessions per row, comma-separated.")] = "8,16",
+    rates: Annotated[str, typer.Option(help="Sampled frames/s per camera, comma-separated.")] = "0.5,5",
+    probe_fps: Annotated[
+        float,
+        typer.Option(min=0.0, help="One more Pantau row at this rate (keyframes only); 0 = none."),
+    ] = 0.4,
+    naive_cameras: Annotated[int, typer.Option(min=1, help="Sessions of the naive OpenCV loop.")] = 8,
+    seconds: Annotated[float, typer.Option(min=1.0, help="Measured seconds per row.")] = 12.0,
+    warmup: Annotated[
+        float, typer.Option(min=0.0, help="Seconds per row once every session measured its GOP.")
+    ] = 4.0,
+    latency: Annotated[
+        str, typer.Option(help="CAMERASxFPS of each latency run, comma-separated; the first is nominal.")
+    ] = "8x2,2x1",
+    latency_seconds: Annotated[float, typer.Option(min=1.0, help="Measured seconds per latency run.")] = 15.0,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Use the Triton of the running stack with this state directory instead of starting a "
+            "throwaway one; its models are rebuilt and stay loaded."
+        ),
+    ] = None,
+    model: Annotated[Path | None, typer.Option(help="YOLOX ONNX export; default: the shared one.")] = None,
+    footage: Annotated[Path | None, typer.Option(help="Video clip; default: the shared vtest.avi.")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results here.")] = None,
+) -> None:
+    """Cameras per core of the ingest path (1080p25 H.264, a keyframe every 2 s) against a naive OpenCV
+    loop, and capture -> event latency through Triton at nominal load."""
+    from pantau.bench import ingest
+
+    try:
+        config = ingest.IngestConfig(
+            cameras=ingest.parse_counts(cameras),
+            rates=ingest.parse_rates(rates),
+            probe_fps=probe_fps or None,
+            naive_cameras=naive_cameras,
+            seconds=seconds,
+            warmup=warmup,
+            latency_loads=ingest.parse_loads(latency),
+            latency_seconds=latency_seconds,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    shared = DevSettings().shared_dir
+    model_path = model or shared / "models" / "yolox_nano.onnx"
+    footage_path = footage or shared / "footage" / "vtest.avi"
+    for path, option in ((model_path, "--model"), (footage_path, "--footage")):
+        if not path.is_file():
+            raise typer.BadParameter(f"{path} is not a file", param_hint=option)
+
+    def progress(message: str) -> None:
+        console.print(f"[dim]{message}[/dim]")
+
+    try:
+        report = ingest.run(
+            config, footage_path, model_path, lambda: ingest.stack_endpoints(state_dir, progress), progress
+        )
+    except StackError as exc:
+        console.print(f"[red]stack failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=160)  # piped into a file or README: keep the table's rows whole
+    ingest.render(report, out)
+    if json_path is not None:
+        json_path.write_text(report.to_json())
+        console.print(f"wrote {json_path}")

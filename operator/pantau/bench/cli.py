@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -15,6 +16,15 @@ from pantau.dev.stack import DevStack
 
 bench_app = typer.Typer(help="Benchmarks on the real local stack.", no_args_is_help=True)
 console = Console(stderr=True)
+
+
+def _emit(render: Callable[[Any, Console], None], report: Any, json_path: Path | None, width: int) -> None:
+    """Print the tables (whole rows when piped into a file or README) and write the JSON."""
+    out = Console() if Console().is_terminal else Console(width=width)
+    render(report, out)
+    if json_path is not None:
+        json_path.write_text(report.to_json())
+        console.print(f"wrote {json_path}")
 
 
 def _concurrency(value: str) -> tuple[int, ...]:
@@ -96,13 +106,7 @@ def inference_command(
         console.print(f"[red]stack failed:[/red] {exc}")
         raise typer.Exit(1) from exc
 
-    out = Console()
-    if not out.is_terminal:
-        out = Console(width=200)  # piped into a file or README: keep the table's rows whole
-    inference.render(report, out)
-    if json_path is not None:
-        json_path.write_text(report.to_json())
-        console.print(f"wrote {json_path}")
+    _emit(inference.render, report, json_path, width=200)
 
 
 @bench_app.command("operator")
@@ -156,13 +160,7 @@ def operator_command(
         console.print(f"[red]stack failed:[/red] {exc}")
         raise typer.Exit(1) from exc
 
-    out = Console()
-    if not out.is_terminal:
-        out = Console(width=160)  # piped into a file or README: keep the table's rows whole
-    operator_scale.render(report, out)
-    if json_path is not None:
-        json_path.write_text(report.to_json())
-        console.print(f"wrote {json_path}")
+    _emit(operator_scale.render, report, json_path, width=160)
 
 
 @bench_app.command("ingest")
@@ -228,10 +226,4 @@ def ingest_command(
         console.print(f"[red]stack failed:[/red] {exc}")
         raise typer.Exit(1) from exc
 
-    out = Console()
-    if not out.is_terminal:
-        out = Console(width=160)  # piped into a file or README: keep the table's rows whole
-    ingest.render(report, out)
-    if json_path is not None:
-        json_path.write_text(report.to_json())
-        console.print(f"wrote {json_path}")
+    _emit(ingest.render, report, json_path, width=160)

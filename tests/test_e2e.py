@@ -174,3 +174,23 @@ def test_password_protected_camera_works_and_its_password_is_nowhere(demo: Demo)
     # What the ingest pods serve.
     found += leaks(json.dumps(demo.pod_reports()), "/status")
     assert found == []
+
+
+def test_fps_change_reaches_the_ingest_pod_without_restarting_it(demo: Demo) -> None:
+    wait_for(
+        lambda: camera(demo, "test-pattern").get("status", {}).get("streaming"), timeout=60, what="streaming"
+    )
+    before = ingest_pods(demo)
+    pod = camera(demo, "test-pattern")["status"]["pod"]
+    log = demo.stack.settings.log_dir / "pods" / f"pod-{demo.namespace}-{pod}-ingest.log"
+    marker = "camera test-pattern: streaming from"
+    starts = log.read_text().count(marker)
+    demo.kubectl("patch", "camera", "test-pattern", "--type=merge", "-p", '{"spec":{"sampling":{"fps":2}}}')
+    # The pod's watch delivers the new spec and the camera's session restarts with the new rate.
+    wait_for(lambda: log.read_text().count(marker) > starts, timeout=30, what="the pod took the new fps")
+    wait_for(
+        lambda: demo.pod_reports().get("test-pattern", {}).get("state") == "Streaming",
+        timeout=30,
+        what="streaming again",
+    )
+    assert ingest_pods(demo) == before  # no pod was restarted or replaced

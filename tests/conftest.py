@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-from pantau.dev.procs import wait_for
+from pantau.dev.procs import ProcessTable, wait_for
 from pantau.dev.settings import REPO_ROOT, DevSettings
 from pantau.dev.stack import DevStack, StackInfo
 
@@ -33,6 +33,25 @@ def shared_dir() -> Path:
         f"shared data not found at {path} (set PANTAU_SHARED_DIR)"
     )
     return path
+
+
+@pytest.fixture(scope="module")
+def vtest(shared_dir: Path) -> Path:
+    return shared_dir / "footage" / "vtest.avi"
+
+
+@pytest.fixture(scope="module")
+def work_dir(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    """A scratch folder per test module (camera configs, PID files, logs)."""
+    return tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+
+
+@pytest.fixture(scope="module")
+def table(work_dir: Path) -> Iterator[ProcessTable]:
+    """Processes a module starts (cameras, proxies); all stopped when the module ends."""
+    procs = ProcessTable(work_dir / "pids", work_dir / "logs")
+    yield procs
+    procs.stop_all(grace=5)
 
 
 @pytest.fixture(scope="session")

@@ -32,23 +32,6 @@ SHORT_CLIP_FRAMES = 15  # 1.5 s at 10 fps: the loop test sees several ends of fi
 
 
 @pytest.fixture(scope="module")
-def vtest(shared_dir: Path) -> Path:
-    return shared_dir / "footage" / "vtest.avi"
-
-
-@pytest.fixture(scope="module")
-def work_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cameras")
-
-
-@pytest.fixture(scope="module")
-def table(work_dir: Path) -> Iterator[ProcessTable]:
-    procs = ProcessTable(work_dir / "pids", work_dir / "logs")
-    yield procs
-    procs.stop_all(grace=5)
-
-
-@pytest.fixture(scope="module")
 def short_clip(vtest: Path, work_dir: Path) -> Path:
     """The first frames of vtest re-encoded into a short AVI, so looping is quick to observe."""
     path = work_dir / "short.avi"

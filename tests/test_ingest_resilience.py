@@ -74,20 +74,8 @@ OPEN_STATES = frozenset({psutil.CONN_ESTABLISHED, psutil.CONN_SYN_SENT, psutil.C
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("resilience")
-
-
-@pytest.fixture(scope="module")
-def table(work: Path) -> Iterator[ProcessTable]:
-    procs = ProcessTable(work / "pids", work / "logs")
-    yield procs
-    procs.stop_all(grace=5)
-
-
-@pytest.fixture(scope="module")
-def vtest(shared_dir: Path) -> Path:
-    return shared_dir / "footage" / "vtest.avi"
+def work(work_dir: Path) -> Path:
+    return work_dir
 
 
 @pytest.fixture(scope="module")

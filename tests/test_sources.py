@@ -277,23 +277,6 @@ def test_multipart_parser_tolerates_camera_quirks() -> None:
 
 
 @pytest.fixture(scope="module")
-def work_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("sources")
-
-
-@pytest.fixture(scope="module")
-def table(work_dir: Path) -> Iterator[ProcessTable]:
-    procs = ProcessTable(work_dir / "pids", work_dir / "logs")
-    yield procs
-    procs.stop_all(grace=5)
-
-
-@pytest.fixture(scope="module")
-def vtest(shared_dir: Path) -> Path:
-    return shared_dir / "footage" / "vtest.avi"
-
-
-@pytest.fixture(scope="module")
 def short_clip(vtest: Path, work_dir: Path) -> Path:
     """The first frames of vtest in a 1.5 s file, so that its end comes quickly."""
     path = work_dir / "short.avi"

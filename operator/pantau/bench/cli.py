@@ -16,6 +16,10 @@ from pantau.dev.stack import DevStack
 
 bench_app = typer.Typer(help="Benchmarks on the real local stack.", no_args_is_help=True)
 console = Console(stderr=True)
+# Options every benchmark shares.
+ModelOption = Annotated[Path | None, typer.Option(help="YOLOX ONNX export; default: the shared one.")]
+FootageOption = Annotated[Path | None, typer.Option(help="Video clip; default: the shared vtest.avi.")]
+JsonOption = Annotated[Path | None, typer.Option("--json", help="Also write the results here.")]
 
 
 def _emit(render: Callable[[Any, Console], None], report: Any, json_path: Path | None, width: int) -> None:
@@ -55,9 +59,9 @@ def inference_command(
             "starting a throwaway one; its models are rebuilt and stay loaded."
         ),
     ] = None,
-    model: Annotated[Path | None, typer.Option(help="YOLOX ONNX export; default: the shared one.")] = None,
-    footage: Annotated[Path | None, typer.Option(help="Video clip; default: the shared vtest.avi.")] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results here.")] = None,
+    model: ModelOption = None,
+    footage: FootageOption = None,
+    json_path: JsonOption = None,
 ) -> None:
     """Frames/s and latency of in-process onnxruntime, Pantau's client via Triton gRPC and a naive
     HTTP client over a concurrency sweep, bytes on the wire per frame, and the goals' ratios."""
@@ -132,7 +136,7 @@ def operator_command(
     keep_logs: Annotated[
         Path | None, typer.Option(help="Copy the operator's and the stack's logs into this directory.")
     ] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results here.")] = None,
+    json_path: JsonOption = None,
 ) -> None:
     """Time until every Camera is assigned and every pool exists, API writes per Camera and the
     operator's peak RSS, against the raw create rate of Cameras measured in the same run."""
@@ -187,9 +191,9 @@ def ingest_command(
             "throwaway one; its models are rebuilt and stay loaded."
         ),
     ] = None,
-    model: Annotated[Path | None, typer.Option(help="YOLOX ONNX export; default: the shared one.")] = None,
-    footage: Annotated[Path | None, typer.Option(help="Video clip; default: the shared vtest.avi.")] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results here.")] = None,
+    model: ModelOption = None,
+    footage: FootageOption = None,
+    json_path: JsonOption = None,
 ) -> None:
     """Cameras per core of the ingest path (1080p25 H.264, a keyframe every 2 s) against a naive OpenCV
     loop, and capture -> event latency through Triton at nominal load."""

@@ -11,14 +11,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal, Self
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from pantau.dev.net import port_open
-from pantau.dev.procs import ProcessRecord, ProcessTable, StackError, wait_for
+from pantau.dev.procs import ManagedProcess, ProcessRecord, ProcessTable, StackError, wait_for
 
 HOST = "127.0.0.1"
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -133,7 +132,7 @@ def _said_ready(log: Path, offset: int) -> bool:
         return False
 
 
-class _ServerProcess:
+class _ServerProcess(ManagedProcess):
     """Start/stop plumbing common to both camera servers."""
 
     def __init__(self, table: ProcessTable, name: str, port: int, startup_timeout: float) -> None:
@@ -166,21 +165,6 @@ class _ServerProcess:
             record=record,
         )
         return record
-
-    def stop(self, grace: float = 5.0) -> None:
-        self.table.stop(self.name, grace)
-
-    def running(self) -> bool:
-        return self.table.running(self.name) is not None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 class RtspCameraServer(_ServerProcess):

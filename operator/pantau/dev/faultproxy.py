@@ -31,14 +31,13 @@ import signal
 import socket
 import struct
 import sys
-from types import TracebackType
-from typing import Literal, Self
+from typing import Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pantau.dev.net import free_port
-from pantau.dev.procs import ProcessRecord, ProcessTable, StackError, wait_for
+from pantau.dev.procs import ManagedProcess, ProcessRecord, ProcessTable, StackError, wait_for
 
 HOST = "127.0.0.1"
 CHUNK = 64 * 1024
@@ -272,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-class FaultProxy:
+class FaultProxy(ManagedProcess):
     """Controller for a proxy process: start/stop it and switch its fault mode (sync, for tests)."""
 
     def __init__(
@@ -322,18 +321,6 @@ class FaultProxy:
             record=record,
         )
         return record
-
-    def stop(self, grace: float = 5.0) -> None:
-        self.table.stop(self.name, grace)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def mode(self) -> ModeState:
         response = httpx.get(f"{self.control_url}/mode", timeout=5.0)

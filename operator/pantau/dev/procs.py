@@ -18,7 +18,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from types import TracebackType
+from typing import Self, TypeVar
 
 import psutil
 from pydantic import BaseModel, ConfigDict
@@ -153,6 +154,31 @@ class ProcessTable:
 # The processes outlive this Python process, so their Popen objects are not waited on by
 # anyone in particular; polling them now and then reaps those that exit while we still run,
 # so they don't linger as zombies (the exit status stays in the Popen object).
+class ManagedProcess:
+    """A helper process of tests (camera, proxy): started on demand, stopped at the end of a `with`."""
+
+    table: ProcessTable
+    name: str
+
+    def start(self) -> ProcessRecord:
+        raise NotImplementedError
+
+    def stop(self, grace: float = 5.0) -> None:
+        self.table.stop(self.name, grace)
+
+    def running(self) -> bool:
+        return self.table.running(self.name) is not None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
 _children: list[subprocess.Popen[bytes]] = []
 _children_lock = threading.Lock()
 

@@ -31,11 +31,11 @@ deps:
 
 # The project's environment; reinstalled when pyproject.toml changes.
 venv: $(VENV)/.installed
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml devstack/pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 needed"'
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]' onnxruntime==$(ONNXRUNTIME_VERSION)
+	$(PY) -m pip install -q -e . -e ./devstack onnxruntime==$(ONNXRUNTIME_VERSION)
 	touch $@
 
 # Triton's own binary, from the nvidia-pytriton wheel, in a target directory of its own
@@ -55,9 +55,10 @@ tools:
 	tools/build.sh
 
 lint: venv
-	$(VENV)/bin/ruff check operator tests inference
-	$(VENV)/bin/ruff format --check operator tests inference
+	$(VENV)/bin/ruff check operator devstack tests inference
+	$(VENV)/bin/ruff format --check operator devstack tests inference
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test: setup lint
 	$(VENV)/bin/pytest tests

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-from pantau.dev.procs import ProcessTable, wait_for
-from pantau.dev.settings import REPO_ROOT, DevSettings
-from pantau.dev.stack import DevStack, StackInfo
+from pantau_dev.procs import ProcessTable, wait_for
+from pantau_dev.settings import REPO_ROOT, DevSettings
+from pantau_dev.stack import DevStack, StackInfo
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from pantau.bench import inference
-from pantau.dev.stack import DevStack, StackInfo
 from pantau.triton import contract
+from pantau_dev.bench import inference
+from pantau_dev.stack import DevStack, StackInfo
 
 pytestmark = pytest.mark.integration
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from pantau.bench import ingest
-from pantau.bench.inference import Endpoints
-from pantau.dev.stack import DevStack
+from pantau_dev.bench import ingest
+from pantau_dev.bench.inference import Endpoints
+from pantau_dev.stack import DevStack
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ import json
 import pytest
 from rich.console import Console
 
-from pantau.bench import operator_scale
-from pantau.dev.stack import DevStack
+from pantau_dev.bench import operator_scale
+from pantau_dev.stack import DevStack
 
 pytestmark = pytest.mark.integration
 

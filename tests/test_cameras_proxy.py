@@ -17,10 +17,10 @@ import av
 import httpx
 import pytest
 
-from pantau.dev.cameras import HttpCameraConfig, HttpCameraServer, RtspCameraServer, RtspMount
-from pantau.dev.faultproxy import FaultProxy
-from pantau.dev.net import free_port
-from pantau.dev.procs import ProcessTable
+from pantau_dev.cameras import HttpCameraConfig, HttpCameraServer, RtspCameraServer, RtspMount
+from pantau_dev.faultproxy import FaultProxy
+from pantau_dev.net import free_port
+from pantau_dev.procs import ProcessTable
 
 pytestmark = pytest.mark.smoke
 

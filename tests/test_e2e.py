@@ -14,9 +14,9 @@ import httpx
 import pytest
 import yaml
 
-from pantau.demo.run import Demo
-from pantau.dev.procs import wait_for
-from pantau.dev.stack import DevStack
+from pantau_dev.demo.run import Demo
+from pantau_dev.procs import wait_for
+from pantau_dev.stack import DevStack
 
 pytestmark = pytest.mark.e2e
 

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 from tritonclient import grpc as triton_grpc
 
-from pantau.dev.faultproxy import FaultProxy
-from pantau.dev.procs import ProcessTable
-from pantau.dev.stack import DevStack, StackInfo
 from pantau.triton import builder, contract, yolox
 from pantau.triton.client import ClientSettings, Detector, InferenceError, encode_jpeg
 from pantau.triton.local import LocalDetector
+from pantau_dev.faultproxy import FaultProxy
+from pantau_dev.procs import ProcessTable
+from pantau_dev.stack import DevStack, StackInfo
 
 pytestmark = pytest.mark.integration
 

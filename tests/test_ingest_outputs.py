@@ -27,9 +27,6 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from pantau import telemetry
-from pantau.dev.net import free_port
-from pantau.dev.procs import wait_for
-from pantau.dev.stack import StackInfo
 from pantau.ingest.events import (
     DROP_BUFFER_FULL,
     DROP_CLOSED,
@@ -50,6 +47,9 @@ from pantau.ingest.server import (
     render_metrics,
     serve,
 )
+from pantau_dev.net import free_port
+from pantau_dev.procs import wait_for
+from pantau_dev.stack import StackInfo
 
 JSON = dict[str, Any]
 TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")

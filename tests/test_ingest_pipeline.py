@@ -15,11 +15,11 @@ import httpx
 import pytest
 import yaml
 
-from pantau.dev.cameras import RtspCameraServer, RtspMount
-from pantau.dev.net import free_port
-from pantau.dev.procs import ProcessRecord, ProcessTable, wait_for
-from pantau.dev.settings import REPO_ROOT
-from pantau.dev.stack import DevStack, StackInfo
+from pantau_dev.cameras import RtspCameraServer, RtspMount
+from pantau_dev.net import free_port
+from pantau_dev.procs import ProcessRecord, ProcessTable, wait_for
+from pantau_dev.settings import REPO_ROOT
+from pantau_dev.stack import DevStack, StackInfo
 from tests.test_inference_triton import model_path, triton_models  # noqa: F401 - shared fixtures
 
 pytestmark = pytest.mark.integration

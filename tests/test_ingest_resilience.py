@@ -37,11 +37,6 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
 from pantau import telemetry
-from pantau.dev.cameras import HOST, RtspCameraServer, RtspMount
-from pantau.dev.faultproxy import FaultProxy
-from pantau.dev.net import free_port
-from pantau.dev.procs import ProcessTable, wait_for
-from pantau.dev.stack import DevStack, StackInfo
 from pantau.ingest.app import LABEL_SHARD, IngestApp
 from pantau.ingest.events import EventSink, JsonLinesSink, MultiSink, WebhookSink
 from pantau.ingest.pipeline import AUTH_FAILURES_BEFORE_SLOWDOWN, CameraWorker, Credentials, PodContext
@@ -53,6 +48,11 @@ from pantau.models.camera import CameraSpec
 from pantau.models.site import CameraDefaults
 from pantau.triton import contract
 from pantau.triton.client import ClientSettings, Detector
+from pantau_dev.cameras import HOST, RtspCameraServer, RtspMount
+from pantau_dev.faultproxy import FaultProxy
+from pantau_dev.net import free_port
+from pantau_dev.procs import ProcessTable, wait_for
+from pantau_dev.stack import DevStack, StackInfo
 from tests.test_inference_triton import model_path, triton_models  # noqa: F401 - shared fixtures
 
 pytestmark = pytest.mark.integration

@@ -13,9 +13,9 @@ import httpx
 import pytest
 from kubernetes import client
 
-from pantau.dev.net import free_port
-from pantau.dev.procs import ProcessTable, wait_for
-from pantau.dev.stack import DevStack
+from pantau_dev.net import free_port
+from pantau_dev.procs import ProcessTable, wait_for
+from pantau_dev.stack import DevStack
 
 pytestmark = pytest.mark.smoke
 

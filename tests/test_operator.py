@@ -14,10 +14,10 @@ import pytest
 import yaml
 from kubernetes import client
 
-from pantau.dev.net import free_port
-from pantau.dev.procs import ProcessRecord, ProcessTable, wait_for
-from pantau.dev.settings import REPO_ROOT
-from pantau.dev.stack import DevStack
+from pantau_dev.net import free_port
+from pantau_dev.procs import ProcessRecord, ProcessTable, wait_for
+from pantau_dev.settings import REPO_ROOT
+from pantau_dev.stack import DevStack
 
 pytestmark = pytest.mark.integration
 GROUP, VERSION = "pantau.io", "v1alpha1"

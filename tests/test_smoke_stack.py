@@ -20,9 +20,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from tritonclient import grpc as triton_grpc
 
-from pantau.dev.procs import wait_for
-from pantau.dev.settings import DevSettings
-from pantau.dev.stack import DevStack, StackInfo
+from pantau_dev.procs import wait_for
+from pantau_dev.settings import DevSettings
+from pantau_dev.stack import DevStack, StackInfo
 
 pytestmark = pytest.mark.smoke
 

@@ -32,10 +32,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from pantau.dev.cameras import HttpCameraConfig, HttpCameraServer, RtspCameraServer, RtspMount
-from pantau.dev.faultproxy import FaultProxy
-from pantau.dev.net import free_port
-from pantau.dev.procs import ProcessTable
 from pantau.ingest.redact import basic_auth_token, redact_url, scrub
 from pantau.ingest.sources import (
     MultipartParser,
@@ -50,6 +46,10 @@ from pantau.ingest.sources import (
     multipart_boundary,
     open_source,
 )
+from pantau_dev.cameras import HttpCameraConfig, HttpCameraServer, RtspCameraServer, RtspMount
+from pantau_dev.faultproxy import FaultProxy
+from pantau_dev.net import free_port
+from pantau_dev.procs import ProcessTable
 
 integration = pytest.mark.integration
 

@@ -1,24 +1,70 @@
-"""The `pantau` command: operator, ingest, dev tools, demo and benchmarks are sub-commands."""
+"""The `pantau` command: the product's sub-commands (operator, ingest, model, detect) plus any that
+another installed distribution registers in the `pantau.commands` entry-point group (the
+development package adds dev, bench and demo).
+
+Start-up cost matters (`pantau ingest` is a pod's entry point, `pantau --help` a user's first try):
+sub-command modules import their heavy dependencies inside the command, and a plugin is imported
+only when its own command runs, never to print help."""
 
 from __future__ import annotations
 
-import typer
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
 
-from pantau.bench.cli import bench_app
-from pantau.demo.cli import demo
-from pantau.dev.cli import dev_app
+import click
+import typer
+from typer.core import TyperGroup
+
 from pantau.handlers.cli import operator
 from pantau.ingest.cli import ingest
 from pantau.triton.cli import detect, model_app
 
-app = typer.Typer(name="pantau", help="Pantau: CCTV analytics on Kubernetes.", no_args_is_help=True)
-app.add_typer(dev_app, name="dev")
+PLUGIN_GROUP = "pantau.commands"
+
+
+class _PluginStub(click.Command):
+    """Stands for a plugin's command in listings without importing it."""
+
+    def __init__(self, entry: EntryPoint) -> None:
+        source = entry.dist.name if entry.dist is not None else entry.module
+        super().__init__(entry.name, help=f"Commands from {source} (see `pantau {entry.name} --help`).")
+        self.entry = entry
+
+
+class PantauGroup(TyperGroup):
+    def _plugins(self) -> dict[str, EntryPoint]:
+        return {e.name: e for e in entry_points(group=PLUGIN_GROUP) if e.name not in self.commands}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*super().list_commands(ctx), *sorted(self._plugins())]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        found = super().get_command(ctx, cmd_name)
+        if found is None and (entry := self._plugins().get(cmd_name)) is not None:
+            return _PluginStub(entry)
+        return found
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if isinstance(command, _PluginStub):  # about to run: now load the real one
+            loaded: Any = command.entry.load()
+            if not isinstance(loaded, typer.Typer):  # a plain function: a one-command app
+                single = typer.Typer()
+                single.command(command.entry.name)(loaded)
+                loaded = single
+            command = typer.main.get_command(loaded)
+        return name, command, rest
+
+
+app = typer.Typer(
+    name="pantau", help="Pantau: CCTV analytics on Kubernetes.", no_args_is_help=True, cls=PantauGroup
+)
 app.add_typer(model_app, name="model")
-app.add_typer(bench_app, name="bench")
 app.command()(detect)
 app.command()(operator)
 app.command()(ingest)
-app.command()(demo)
 
 
 if __name__ == "__main__":

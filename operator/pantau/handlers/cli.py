@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import logging
 
-import kopf
 import typer
-
-from pantau.settings import OperatorSettings
 
 
 def operator(
@@ -17,8 +14,13 @@ def operator(
 
     Settings come from PANTAU_* variables (see pantau.settings.OperatorSettings); the API server
     from the in-cluster ServiceAccount or the kubeconfig (KUBECONFIG)."""
+    # Imported here, not at the top: `pantau --help` should not pay for Kopf and pydantic.
+    import kopf
+
+    from pantau.settings import OperatorSettings
+
     settings = OperatorSettings()
-    import pantau.handlers  # noqa: F401 - registers the handlers with Kopf
+    import pantau.handlers.registration  # noqa: F401 - registers the handlers with Kopf
 
     kopf.configure(verbose=verbose, log_prefix=True)
     if not verbose:

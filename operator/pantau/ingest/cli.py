@@ -6,9 +6,6 @@ import asyncio
 import logging
 
 import typer
-from pydantic import ValidationError
-
-from pantau.ingest.settings import IngestSettings
 
 
 def ingest() -> None:
@@ -16,6 +13,10 @@ def ingest() -> None:
 
     Configured by the pod's environment: POD_NAME, POD_NAMESPACE, POD_IP, PANTAU_SITE,
     PANTAU_TRITON_ADDRESS, OTEL_* and more (see pantau.ingest.settings)."""
+    from pydantic import ValidationError  # imported here: `pantau --help` should not pay for it
+
+    from pantau.ingest.settings import IngestSettings
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs request URLs at INFO; a webhook URL's path may hold a token.
     logging.getLogger("httpx").setLevel(logging.WARNING)

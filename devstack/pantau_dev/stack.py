@@ -21,10 +21,10 @@ import psutil
 import yaml
 from pydantic import BaseModel
 
-from pantau.dev.net import free_port, port_open
-from pantau.dev.pki import Pki
-from pantau.dev.procs import ProcessRecord, ProcessTable, StackError, wait_for, write_json
-from pantau.dev.settings import DevSettings
+from pantau_dev.net import free_port, port_open
+from pantau_dev.pki import Pki
+from pantau_dev.procs import ProcessRecord, ProcessTable, StackError, wait_for, write_json
+from pantau_dev.settings import DevSettings
 
 LOCAL_NODE = "pantau-local"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
@@ -399,7 +399,7 @@ class DevStack:
         return [
             str(s.python_bin_dir / "python"),
             "-m",
-            "pantau.dev.nodeagent",
+            "pantau_dev.nodeagent",
             f"--kubeconfig={self.kubeconfig}",
             f"--node-name={LOCAL_NODE}",
             "--api-host=127.0.0.1",

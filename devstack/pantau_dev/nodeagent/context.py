@@ -7,8 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pantau.dev.nodeagent.kube import Kube
-from pantau.dev.procs import ProcessTable
+from pantau_dev.nodeagent.kube import Kube
+from pantau_dev.procs import ProcessTable
 
 HOST_IP = "127.0.0.1"
 

@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from pantau.dev.nodeagent.env import SA_MOUNT
-from pantau.dev.nodeagent.kube import JSON, Kube
+from pantau_dev.nodeagent.env import SA_MOUNT
+from pantau_dev.nodeagent.kube import JSON, Kube
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pantau.dev.procs import StackError
-from pantau.dev.settings import DevSettings
-from pantau.dev.stack import DevStack, StackInfo
+from pantau_dev.procs import StackError
+from pantau_dev.settings import DevSettings
+from pantau_dev.stack import DevStack, StackInfo
 
 dev_app = typer.Typer(
-    help="The local stack: control plane, kwok, node agent, Triton, Jaeger.", no_args_is_help=True
+    add_completion=False,
+    help="The local stack: control plane, kwok, node agent, Triton, Jaeger.",
+    no_args_is_help=True,
 )
 console = Console(stderr=True)
 

@@ -16,8 +16,8 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from pantau.dev.net import port_open
-from pantau.dev.procs import ManagedProcess, ProcessRecord, ProcessTable, StackError, wait_for
+from pantau_dev.net import port_open
+from pantau_dev.procs import ManagedProcess, ProcessRecord, ProcessTable, StackError, wait_for
 
 HOST = "127.0.0.1"
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -95,7 +95,7 @@ class RtspServerConfig(BaseModel):
 
 
 class HttpCameraConfig(_Feed):
-    """What `python -m pantau.dev.httpcamera --config` reads."""
+    """What `python -m pantau_dev.httpcamera --config` reads."""
 
     port: int = Field(ge=1, le=65535)
     fps: int = Field(default=5, ge=1, le=60)
@@ -217,7 +217,7 @@ class RtspCameraServer(_ServerProcess):
 
 
 class HttpCameraServer(_ServerProcess):
-    """`python -m pantau.dev.httpcamera`: MJPEG stream and snapshots over HTTP on 127.0.0.1."""
+    """`python -m pantau_dev.httpcamera`: MJPEG stream and snapshots over HTTP on 127.0.0.1."""
 
     def __init__(
         self,
@@ -233,7 +233,7 @@ class HttpCameraServer(_ServerProcess):
         self.config_path = work_dir / f"{name}.json"
 
     def _argv(self) -> list[str]:
-        return [sys.executable, "-m", "pantau.dev.httpcamera", "--config", str(self.config_path)]
+        return [sys.executable, "-m", "pantau_dev.httpcamera", "--config", str(self.config_path)]
 
     def _write_config(self) -> None:
         if self.config.file is not None and not self.config.file.is_file():

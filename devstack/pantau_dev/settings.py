@@ -9,8 +9,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# The source checkout this package lives in (operator/pantau/dev/settings.py -> repo root).
-REPO_ROOT = Path(__file__).resolve().parents[3]
+# The source checkout this package lives in (devstack/pantau_dev/settings.py -> repo root).
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _default_state_dir() -> Path:

@@ -44,12 +44,6 @@ from rich.table import Table
 from tritonclient import grpc as triton_grpc
 
 from pantau import telemetry
-from pantau.bench.inference import Endpoints, Goal, input_size
-from pantau.dev.cameras import RtspCameraServer, RtspMount
-from pantau.dev.net import free_port
-from pantau.dev.procs import ProcessTable, StackError
-from pantau.dev.settings import DevSettings
-from pantau.dev.stack import DevStack
 from pantau.ingest.events import DetectionEvent, EventSink, JsonLinesSink, SinkStats
 from pantau.ingest.pipeline import CameraWorker, PodContext, _letterboxer
 from pantau.ingest.sources import KEYFRAMES_ONLY_ABOVE, Source, SourceConfig, SourceError, open_source
@@ -57,6 +51,12 @@ from pantau.models.camera import CameraSpec
 from pantau.models.site import CameraDefaults
 from pantau.triton import builder, contract, yolox
 from pantau.triton.client import ClientSettings, Detector, InferenceError
+from pantau_dev.bench.inference import Endpoints, Goal, input_size
+from pantau_dev.cameras import RtspCameraServer, RtspMount
+from pantau_dev.net import free_port
+from pantau_dev.procs import ProcessTable, StackError
+from pantau_dev.settings import DevSettings
+from pantau_dev.stack import DevStack
 
 # Issue 5, item 8.
 GOAL_FPS: Final = 0.5  # the sampling rate the cameras-per-core goals are stated at

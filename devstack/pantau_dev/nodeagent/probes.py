@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from pantau.dev.nodeagent.kube import JSON
+from pantau_dev.nodeagent.kube import JSON
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pantau.dev.nodeagent.env import SA_MOUNT
-from pantau.dev.procs import ProcessRecord, ProcessTable
+from pantau_dev.nodeagent.env import SA_MOUNT
+from pantau_dev.procs import ProcessRecord, ProcessTable
 
 _MOUNT = (
     f'mount --bind -o ro "$1" {SA_MOUNT} '

@@ -2,7 +2,7 @@
 
 Runs under Debian's /usr/bin/python3, the only interpreter that can import `gi`; it therefore
 uses the standard library only. Usage: `rtsp_server.py CONFIG.json` (written by
-`pantau.dev.cameras.RtspCameraServer`). Prints "ready" once the server accepts connections.
+`pantau_dev.cameras.RtspCameraServer`). Prints "ready" once the server accepts connections.
 
 File mounts are decoded by one pipeline per mount that runs for the life of the process:
 `filesrc ! decodebin ! ... ! appsink`, paced in real time by the appsink's clock sync. It loops

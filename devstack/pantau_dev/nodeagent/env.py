@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from pantau.dev.nodeagent.kube import JSON, ApiError, Kube
+from pantau_dev.nodeagent.kube import JSON, ApiError, Kube
 
 SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -8,13 +8,13 @@ import signal
 import threading
 from types import FrameType
 
-from pantau.dev.nodeagent.context import HOST_IP, AgentConfig, Context, IpPool
-from pantau.dev.nodeagent.kube import JSON, ApiError, Kube
-from pantau.dev.nodeagent.node import NodeKeeper
-from pantau.dev.nodeagent.pods import PodWorker
-from pantau.dev.nodeagent.runtime import record_name
-from pantau.dev.nodeagent.serviceaccount import mount_namespaces_work
-from pantau.dev.procs import ProcessTable
+from pantau_dev.nodeagent.context import HOST_IP, AgentConfig, Context, IpPool
+from pantau_dev.nodeagent.kube import JSON, ApiError, Kube
+from pantau_dev.nodeagent.node import NodeKeeper
+from pantau_dev.nodeagent.pods import PodWorker
+from pantau_dev.nodeagent.runtime import record_name
+from pantau_dev.nodeagent.serviceaccount import mount_namespaces_work
+from pantau_dev.procs import ProcessTable
 
 log = logging.getLogger(__name__)
 

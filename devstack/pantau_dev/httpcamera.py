@@ -1,6 +1,6 @@
 """HTTP test camera: an MJPEG stream and JPEG snapshots of looping footage (or a synthetic pattern).
 
-Run as `python -m pantau.dev.httpcamera --config CONFIG.json` (see `cameras.HttpCameraConfig`).
+Run as `python -m pantau_dev.httpcamera --config CONFIG.json` (see `cameras.HttpCameraConfig`).
 Endpoints, all on 127.0.0.1: `GET /mjpeg` (multipart/x-mixed-replace), `GET /snapshot.jpg`, and
 `GET /healthz` (never behind auth, so readiness probes need no credentials).
 
@@ -27,7 +27,7 @@ import av
 import numpy as np
 from av.codec.context import CodecContext
 
-from pantau.dev.cameras import HOST, HttpCameraConfig
+from pantau_dev.cameras import HOST, HttpCameraConfig
 
 BOUNDARY = "pantauframe"
 
@@ -258,7 +258,7 @@ class _StopOnSignal:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pantau.dev.httpcamera")
+    parser = argparse.ArgumentParser(prog="python -m pantau_dev.httpcamera")
     parser.add_argument("--config", type=Path, required=True)
     args = parser.parse_args(argv)
     config = HttpCameraConfig.model_validate_json(args.config.read_text())

@@ -9,7 +9,7 @@ import platform
 import threading
 import time
 
-from pantau.dev.nodeagent.kube import JSON, ApiError, Kube, micro_time, rfc3339
+from pantau_dev.nodeagent.kube import JSON, ApiError, Kube, micro_time, rfc3339
 
 log = logging.getLogger(__name__)
 

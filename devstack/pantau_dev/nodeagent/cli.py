@@ -9,11 +9,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pantau.dev.nodeagent.context import AgentConfig
+from pantau_dev.nodeagent.context import AgentConfig
 
 
 def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
-    p = argparse.ArgumentParser(prog="python -m pantau.dev.nodeagent", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m pantau_dev.nodeagent", description=__doc__)
     p.add_argument("--kubeconfig", type=Path, required=True, help="credentials of the agent itself")
     p.add_argument("--node-name", default="pantau-local")
     p.add_argument("--api-host", default="127.0.0.1", help="API server address given to pods")
@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per probe is noise
-    from pantau.dev.nodeagent.agent import Agent  # after logging is set up
+    from pantau_dev.nodeagent.agent import Agent  # after logging is set up
 
     code = Agent(config).run()
     logging.shutdown()

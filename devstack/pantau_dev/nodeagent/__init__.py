@@ -1,4 +1,4 @@
-"""The local node agent: a small kubelet stand-in for the dev stack (`python -m pantau.dev.nodeagent`).
+"""The local node agent: a small kubelet stand-in for the dev stack (`python -m pantau_dev.nodeagent`).
 
 It registers the Node `pantau-local` (no kwok annotation, so kwok leaves it alone) and keeps it
 Ready with a Lease and status heartbeats. Pods bound to it (watched with the field selector
@@ -25,7 +25,7 @@ processes:
 * Probes (httpGet, tcpSocket, exec), restart policies with CrashLoopBackOff, phases,
   conditions, restart counts and exit codes as a kubelet reports them; graceful deletion with
   SIGTERM, SIGKILL after the grace period, then removal of the pod object.
-* Processes are spawned through `pantau.dev.procs.ProcessTable` as `pod-<ns>-<pod>-<container>`
+* Processes are spawned through `pantau_dev.procs.ProcessTable` as `pod-<ns>-<pod>-<container>`
   (logs in `--log-dir` under the same name), so `pantau dev down` stops them by PID; the agent
   itself leaves them running when it exits and adopts them when it starts again.
 

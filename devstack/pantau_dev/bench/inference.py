@@ -46,11 +46,11 @@ from rich.table import Table
 from tritonclient import grpc as triton_grpc
 from tritonclient.grpc import model_config_pb2 as mc
 
-from pantau.dev.procs import StackError
-from pantau.dev.stack import DevStack
 from pantau.triton import builder, contract, yolox
 from pantau.triton.client import ClientSettings, Detector, Wire, encode_jpeg, split_result
 from pantau.triton.local import LocalDetector
+from pantau_dev.procs import StackError
+from pantau_dev.stack import DevStack
 
 FP32_MODEL = "yolox_fp32"
 FP32_INPUT = "IMAGES"

@@ -59,15 +59,17 @@ from rich.console import Console
 from rich.table import Table
 
 from pantau.builders import names
-from pantau.dev.net import free_port
-from pantau.dev.procs import ProcessRecord, ProcessTable, StackError, wait_for
-from pantau.dev.settings import REPO_ROOT, DevSettings
-from pantau.dev.stack import ADMIN_USER, DevStack
 from pantau.models import GROUP, VERSION
+from pantau_dev.net import free_port
+from pantau_dev.procs import ProcessRecord, ProcessTable, StackError, wait_for
+from pantau_dev.settings import REPO_ROOT, DevSettings
+from pantau_dev.stack import ADMIN_USER, DevStack
 
 MB = 1e6  # goals and tables use decimal megabytes
 API = f"{GROUP}/{VERSION}"
-REPORTING_COMPONENT = "pantau-operator"  # settings.posting.reporting_component in pantau.handlers
+REPORTING_COMPONENT = (
+    "pantau-operator"  # settings.posting.reporting_component in pantau.handlers.registration
+)
 
 # Issue goals: converge within 60 s, at most 2 API writes per Camera, operator RSS at most 300 MB.
 GOAL_SECONDS = 60.0

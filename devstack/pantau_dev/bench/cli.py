@@ -10,11 +10,13 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from pantau.dev.procs import StackError
-from pantau.dev.settings import DevSettings
-from pantau.dev.stack import DevStack
+from pantau_dev.procs import StackError
+from pantau_dev.settings import DevSettings
+from pantau_dev.stack import DevStack
 
-bench_app = typer.Typer(help="Benchmarks on the real local stack.", no_args_is_help=True)
+bench_app = typer.Typer(
+    add_completion=False, help="Benchmarks on the real local stack.", no_args_is_help=True
+)
 console = Console(stderr=True)
 # Options every benchmark shares.
 ModelOption = Annotated[Path | None, typer.Option(help="YOLOX ONNX export; default: the shared one.")]
@@ -66,8 +68,8 @@ def inference_command(
     """Frames/s and latency of in-process onnxruntime, Pantau's client via Triton gRPC and a naive
     HTTP client over a concurrency sweep, bytes on the wire per frame, and the goals' ratios."""
     # Imported here: `pantau operator` shares this command line and should not load them.
-    from pantau.bench import inference
     from pantau.triton.builder import BuildOptions
+    from pantau_dev.bench import inference
 
     config = inference.BenchConfig(
         frames=frames,
@@ -140,7 +142,7 @@ def operator_command(
 ) -> None:
     """Time until every Camera is assigned and every pool exists, API writes per Camera and the
     operator's peak RSS, against the raw create rate of Cameras measured in the same run."""
-    from pantau.bench import operator_scale
+    from pantau_dev.bench import operator_scale
 
     try:
         config = operator_scale.ScaleConfig(
@@ -197,7 +199,7 @@ def ingest_command(
 ) -> None:
     """Cameras per core of the ingest path (1080p25 H.264, a keyframe every 2 s) against a naive OpenCV
     loop, and capture -> event latency through Triton at nominal load."""
-    from pantau.bench import ingest
+    from pantau_dev.bench import ingest
 
     try:
         config = ingest.IngestConfig(

@@ -1,6 +1,6 @@
 """A TCP proxy that injects network faults on command, for tests of cameras and clients.
 
-Run as `python -m pantau.dev.faultproxy --listen-port P --target HOST:PORT --control-port C`. It
+Run as `python -m pantau_dev.faultproxy --listen-port P --target HOST:PORT --control-port C`. It
 forwards 127.0.0.1:P to the target and takes orders on a small HTTP API on 127.0.0.1:C:
 `POST /mode {"mode": ..., "delay_ms": ...}`, `GET /mode`, `GET /healthz`.
 
@@ -36,8 +36,8 @@ from typing import Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pantau.dev.net import free_port
-from pantau.dev.procs import ManagedProcess, ProcessRecord, ProcessTable, StackError, wait_for
+from pantau_dev.net import free_port
+from pantau_dev.procs import ManagedProcess, ProcessRecord, ProcessTable, StackError, wait_for
 
 HOST = "127.0.0.1"
 CHUNK = 64 * 1024
@@ -261,7 +261,7 @@ def _target(value: str) -> tuple[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pantau.dev.faultproxy")
+    parser = argparse.ArgumentParser(prog="python -m pantau_dev.faultproxy")
     parser.add_argument("--listen-port", type=int, required=True)
     parser.add_argument("--target", type=_target, required=True, help="HOST:PORT to forward to")
     parser.add_argument("--control-port", type=int, required=True)
@@ -308,7 +308,7 @@ class FaultProxy(ManagedProcess):
         if running is not None:
             return running
         argv = [
-            sys.executable, "-m", "pantau.dev.faultproxy",
+            sys.executable, "-m", "pantau_dev.faultproxy",
             "--listen-port", str(self.listen_port),
             "--target", f"{self.target_host}:{self.target_port}",
             "--control-port", str(self.control_port),

@@ -14,12 +14,12 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from pantau.dev.procs import StackError
-from pantau.dev.settings import DevSettings
-from pantau.dev.stack import DevStack
+from pantau_dev.procs import StackError
+from pantau_dev.settings import DevSettings
+from pantau_dev.stack import DevStack
 
 if TYPE_CHECKING:
-    from pantau.demo.run import Demo
+    from pantau_dev.demo.run import Demo
 
 console = Console()
 
@@ -72,7 +72,7 @@ def demo(
     summary: Annotated[Path | None, typer.Option(help="Write a JSON summary here at the end.")] = None,
 ) -> None:
     """Run the whole system on the local stack: cameras, operator, ingest pods, Triton, traces."""
-    from pantau.demo.run import Demo
+    from pantau_dev.demo.run import Demo
 
     signal.signal(signal.SIGTERM, _interrupt)
     stack = DevStack(DevSettings())

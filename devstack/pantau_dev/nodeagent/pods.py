@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pantau.dev.nodeagent.context import HOST_IP, Context
-from pantau.dev.nodeagent.env import ConfigError, EnvResolver, base_env, command_line, container_env
-from pantau.dev.nodeagent.kube import JSON, STRATEGIC_PATCH, ApiError, rfc3339
-from pantau.dev.nodeagent.probes import Prober, Target, probers
-from pantau.dev.nodeagent.runtime import ExitStatus, Process, adopt, forget, launch, record_name, wrap
-from pantau.dev.nodeagent.serviceaccount import TokenFiles, wants_token
+from pantau_dev.nodeagent.context import HOST_IP, Context
+from pantau_dev.nodeagent.env import ConfigError, EnvResolver, base_env, command_line, container_env
+from pantau_dev.nodeagent.kube import JSON, STRATEGIC_PATCH, ApiError, rfc3339
+from pantau_dev.nodeagent.probes import Prober, Target, probers
+from pantau_dev.nodeagent.runtime import ExitStatus, Process, adopt, forget, launch, record_name, wrap
+from pantau_dev.nodeagent.serviceaccount import TokenFiles, wants_token
 
 log = logging.getLogger(__name__)
 

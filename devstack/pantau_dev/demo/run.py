@@ -22,12 +22,12 @@ from pydantic import SecretStr
 from tritonclient import grpc as triton_grpc
 
 from pantau.builders.pool import INGEST_PORT
-from pantau.dev.cameras import RtspCameraServer, RtspMount
-from pantau.dev.net import free_port
-from pantau.dev.procs import ProcessRecord, wait_for
-from pantau.dev.settings import REPO_ROOT
-from pantau.dev.stack import DevStack, StackInfo
 from pantau.triton import builder, contract
+from pantau_dev.cameras import RtspCameraServer, RtspMount
+from pantau_dev.net import free_port
+from pantau_dev.procs import ProcessRecord, wait_for
+from pantau_dev.settings import REPO_ROOT
+from pantau_dev.stack import DevStack, StackInfo
 
 DEMO_DIR = REPO_ROOT / "demo"
 NAMESPACE = "pantau-demo"

@@ -1,0 +1,3 @@
+from pantau_dev.nodeagent.cli import main
+
+main()

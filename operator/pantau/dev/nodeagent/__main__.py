@@ -1,3 +1,0 @@
-from pantau.dev.nodeagent.cli import main
-
-main()

@@ -1,0 +1,184 @@
+"""Thin Kopf layer: indexes of what the operator sees, a reconcile loop per Site, and status for
+Cameras whose Site is missing. All decisions are in pantau.reconcile; all writes go through
+pantau.k8s.
+
+Why a daemon per Site instead of create/update handlers: a Site's assignment depends on all its
+Cameras, its pods and the Secrets they name, which change without the Site changing. Events on
+any of them mark the Site "dirty"; its loop coalesces bursts (5,000 new Cameras -> a few passes)
+and also runs every `resync_interval` seconds, which repairs drift such as a deleted workload.
+Cameras carry no Kopf state at all, so the operator adds nothing to them but a label and status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import kopf
+
+from pantau.handlers.state import OperatorState, reconcile_orphan_camera, reconcile_site
+from pantau.k8s.api import ApiError
+from pantau.models import GROUP, VERSION
+from pantau.reconcile.site import ObjectFacts
+from pantau.settings import OperatorSettings
+
+SITES = (GROUP, VERSION, "sites")
+CAMERAS = (GROUP, VERSION, "cameras")
+MANAGED = {"app.kubernetes.io/managed-by": "pantau"}
+log = logging.getLogger("pantau.operator")
+
+
+def configure(settings: kopf.OperatorSettings, ours: OperatorSettings) -> None:
+    """Kopf's own state under our domain; watch timeouts so a silent stall is noticed."""
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.watching.server_timeout = ours.watch_server_timeout
+    settings.watching.client_timeout = ours.watch_client_timeout
+    settings.watching.inactivity_timeout = ours.inactivity_timeout
+    settings.posting.reporting_component = "pantau-operator"
+    settings.posting.level = logging.WARNING  # only warnings of the framework become Events
+    settings.peering.standalone = not ours.peering
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    ours = memo.get("settings") or OperatorSettings()
+    configure(settings, ours)
+    memo["state"] = OperatorState.create(ours)
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: Any, **_: Any) -> None:
+    state: OperatorState | None = memo.get("state")
+    if state is not None:
+        await state.aclose()
+
+
+# ----- indexes: what the operator knows, kept current by Kopf's watches -----
+
+
+@kopf.index(*SITES)
+def site_index(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], ObjectFacts]:
+    return {(namespace or "", name): OperatorState.site_facts(body)}
+
+
+@kopf.index(*CAMERAS)
+def camera_index(
+    namespace: str | None, spec: kopf.Spec, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], ObjectFacts]:
+    site = (spec.get("siteRef") or {}).get("name", "")
+    return {(namespace or "", site): OperatorState.camera_facts(body)}
+
+
+@kopf.index("v1", "secrets")
+def secret_index(namespace: str | None, name: str, **_: Any) -> dict[str, str]:
+    return {namespace or "": name}  # names only: the operator never reads Secret data
+
+
+@kopf.index("v1", "pods", labels=MANAGED)
+def pod_index(
+    namespace: str | None, name: str, status: kopf.Status, **_: Any
+) -> dict[tuple[str, str], tuple[bool, str]]:
+    conditions = status.get("conditions") or []
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    return {(namespace or "", name): (ready, status.get("podIP") or "")}
+
+
+@kopf.index("apps", "v1", "statefulsets", labels=MANAGED)
+def pool_index(namespace: str | None, name: str, meta: kopf.Meta, **_: Any) -> dict[tuple[str, str], str]:
+    return {(namespace or "", name): str(meta.get("creationTimestamp") or "")}
+
+
+# ----- triggers: mark the affected Site dirty -----
+
+
+@kopf.on.event(*SITES)
+def site_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    memo["state"].mark(namespace or "", name)
+
+
+@kopf.on.event(*CAMERAS)
+async def camera_changed(
+    namespace: str | None,
+    spec: kopf.Spec,
+    body: kopf.Body,
+    type: str,
+    memo: Any,
+    **kwargs: Any,
+) -> None:
+    state: OperatorState = memo["state"]
+    site = (spec.get("siteRef") or {}).get("name", "")
+    ns = namespace or ""
+    state.mark(ns, site)
+    if type != "DELETED" and (ns, site) not in kwargs["site_index"]:
+        try:
+            await reconcile_orphan_camera(state, OperatorState.camera_facts(body), site)
+        except ApiError as exc:
+            log.warning("camera %s/%s: status not written: %s", ns, body["metadata"]["name"], exc)
+
+
+@kopf.on.event("v1", "secrets")
+def secret_changed(namespace: str | None, memo: Any, type: str, **_: Any) -> None:
+    if type in ("ADDED", "DELETED"):  # existence is all that matters
+        memo["state"].mark_namespace(namespace or "")
+
+
+@kopf.on.event("v1", "pods", labels=MANAGED)
+@kopf.on.event("apps", "v1", "statefulsets", labels=MANAGED)
+def child_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
+    site = labels.get("pantau.io/site")
+    if site:
+        memo["state"].mark(namespace or "", site)
+
+
+# ----- the reconcile loop of each Site -----
+
+
+async def settle(state: OperatorState, cameras: Any, key: tuple[str, str]) -> None:
+    """Wait while the Site's Cameras are still arriving (a burst of kubectl applies), up to
+    `settle_max` seconds: sizing the pool from a half-created set would resize it again and
+    again, moving Cameras between pods at each step."""
+    count = len(cameras.get(key, []))
+    waited = 0.0
+    while True:
+        await asyncio.sleep(state.settings.debounce)
+        waited += state.settings.debounce
+        now = len(cameras.get(key, []))
+        if now == count or waited >= state.settings.settle_max:
+            return
+        count = now
+
+
+@kopf.daemon(*SITES, cancellation_timeout=10)
+async def site_loop(
+    namespace: str | None, name: str, stopped: kopf.DaemonStopped, memo: Any, **kwargs: Any
+) -> None:
+    state: OperatorState = memo["state"]
+    namespace = namespace or ""
+    dirty = state.dirty_flag(namespace, name)
+    dirty.set()
+    first = True
+    while not stopped:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(dirty.wait(), timeout=state.settings.resync_interval)
+        if stopped:
+            break
+        await settle(state, kwargs["camera_index"], (namespace, name))
+        dirty.clear()
+        try:
+            await reconcile_site(state, namespace, name, kwargs)
+            if first:
+                log.info("site %s/%s: first pass done", namespace, name)
+                first = False
+        except ApiError as exc:
+            # Classified once here: the next pass (dirty again, or the resync) retries.
+            log.warning("site %s/%s: reconcile failed: %s", namespace, name, exc)
+            if exc.transient:
+                dirty.set()
+                await asyncio.sleep(1.0)
+    state.forget(namespace, name)

@@ -55,8 +55,8 @@ tools:
 	tools/build.sh
 
 lint: venv
-	$(VENV)/bin/ruff check operator devstack tests inference
-	$(VENV)/bin/ruff format --check operator devstack tests inference
+	$(VENV)/bin/ruff check operator devstack tests
+	$(VENV)/bin/ruff format --check operator devstack tests
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 

@@ -20,7 +20,6 @@ import pytest
 import yaml
 
 from pantau.builders import (
-    LABEL_SITE,
     Manifest,
     PoolSettings,
     SiteRef,
@@ -30,6 +29,7 @@ from pantau.builders import (
     shard_name,
 )
 from pantau.builders.names import MAX_POOL_NAME
+from pantau.contract import LABEL_SITE
 from pantau.models import API_VERSION, CameraSpec, SiteSpec
 from tests.cases_crd import SAMPLES, SITE
 

@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from pantau import telemetry
+from pantau.contract import CameraStatusReport, LatencySummary, PodStatusReport, TritonReport
 from pantau.ingest.events import (
     DROP_BUFFER_FULL,
     DROP_CLOSED,
@@ -38,15 +39,7 @@ from pantau.ingest.events import (
     MultiSink,
     WebhookSink,
 )
-from pantau.ingest.server import (
-    CameraStatusReport,
-    IngestServer,
-    LatencySummary,
-    PodStatusReport,
-    TritonReport,
-    render_metrics,
-    serve,
-)
+from pantau.ingest.server import IngestServer, render_metrics, serve
 from pantau_dev.net import free_port
 from pantau_dev.procs import wait_for
 from pantau_dev.stack import StackInfo

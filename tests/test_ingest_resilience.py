@@ -37,15 +37,15 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
 from pantau import telemetry
+from pantau.contract import IngestSettings
 from pantau.ingest.app import LABEL_SHARD, IngestApp
 from pantau.ingest.events import EventSink, JsonLinesSink, MultiSink, WebhookSink
 from pantau.ingest.pipeline import AUTH_FAILURES_BEFORE_SLOWDOWN, CameraWorker, Credentials, PodContext
-from pantau.ingest.redact import basic_auth_token
 from pantau.ingest.server import IngestServer
-from pantau.ingest.settings import IngestSettings
 from pantau.k8s.api import KubeApi
 from pantau.models.camera import CameraSpec
 from pantau.models.site import CameraDefaults
+from pantau.redact import basic_auth_token
 from pantau.triton import contract
 from pantau.triton.client import ClientSettings, Detector
 from pantau_dev.cameras import HOST, RtspCameraServer, RtspMount

@@ -32,7 +32,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from pantau.ingest.redact import basic_auth_token, redact_url, scrub
 from pantau.ingest.sources import (
     MultipartParser,
     Reason,
@@ -46,6 +45,7 @@ from pantau.ingest.sources import (
     multipart_boundary,
     open_source,
 )
+from pantau.redact import basic_auth_token, redact_url, scrub
 from pantau_dev.cameras import HttpCameraConfig, HttpCameraServer, RtspCameraServer, RtspMount
 from pantau_dev.faultproxy import FaultProxy
 from pantau_dev.net import free_port

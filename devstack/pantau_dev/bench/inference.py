@@ -201,7 +201,7 @@ import os
 import sys
 from pathlib import Path
 
-# As in inference/yolox/model.py: the embedded interpreter ignores PYTHONPATH (numpy<2 lives there).
+# As in triton/backends/yolox/model.py: the embedded interpreter ignores PYTHONPATH (numpy<2 is there).
 sys.path.extend(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path)
 
 import onnxruntime as ort

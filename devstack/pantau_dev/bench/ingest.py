@@ -44,7 +44,8 @@ from rich.table import Table
 from tritonclient import grpc as triton_grpc
 
 from pantau import telemetry
-from pantau.ingest.events import DetectionEvent, EventSink, JsonLinesSink, SinkStats
+from pantau.contract import SinkStats
+from pantau.ingest.events import DetectionEvent, EventSink, JsonLinesSink
 from pantau.ingest.pipeline import CameraWorker, PodContext, _letterboxer
 from pantau.ingest.sources import KEYFRAMES_ONLY_ABOVE, Source, SourceConfig, SourceError, open_source
 from pantau.models.camera import CameraSpec

@@ -59,6 +59,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pantau.builders import names
+from pantau.contract import LABEL_SHARD
 from pantau.models import GROUP, VERSION
 from pantau_dev.net import free_port
 from pantau_dev.procs import ProcessRecord, ProcessTable, StackError, wait_for
@@ -550,7 +551,7 @@ class Watch:
 
 def _assigned(obj: dict[str, Any]) -> bool:
     labels = obj["metadata"].get("labels") or {}
-    return bool(labels.get(names.LABEL_SHARD)) and bool((obj.get("status") or {}).get("pod"))
+    return bool(labels.get(LABEL_SHARD)) and bool((obj.get("status") or {}).get("pod"))
 
 
 # ----- the operator process -----

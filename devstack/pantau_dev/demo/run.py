@@ -21,7 +21,7 @@ import httpx
 from pydantic import SecretStr
 from tritonclient import grpc as triton_grpc
 
-from pantau.builders.pool import INGEST_PORT
+from pantau.contract import INGEST_PORT
 from pantau.triton import builder, contract
 from pantau_dev.cameras import RtspCameraServer, RtspMount
 from pantau_dev.net import free_port

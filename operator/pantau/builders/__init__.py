@@ -3,20 +3,7 @@
 No Kubernetes client, no I/O, no clock: the same input always gives the same output, and inputs are
 never modified. The k8s layer applies what these return (server-side apply)."""
 
-from pantau.builders.names import (
-    LABEL_CAMERA,
-    LABEL_COMPONENT,
-    LABEL_INSTANCE,
-    LABEL_MANAGED_BY,
-    LABEL_NAME,
-    LABEL_PART_OF,
-    LABEL_SHARD,
-    LABEL_SITE,
-    MANAGED_BY,
-    label_value,
-    pool_name,
-    shard_name,
-)
+from pantau.builders.names import label_value, pool_name, shard_name
 from pantau.builders.pool import (
     Manifest,
     PoolSettings,
@@ -28,15 +15,6 @@ from pantau.builders.pool import (
 )
 
 __all__ = [
-    "LABEL_CAMERA",
-    "LABEL_COMPONENT",
-    "LABEL_INSTANCE",
-    "LABEL_MANAGED_BY",
-    "LABEL_NAME",
-    "LABEL_PART_OF",
-    "LABEL_SHARD",
-    "LABEL_SITE",
-    "MANAGED_BY",
     "Manifest",
     "PoolSettings",
     "SiteRef",

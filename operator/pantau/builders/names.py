@@ -12,30 +12,6 @@ import hashlib
 import re
 from typing import Final
 
-# Recommended labels (https://kubernetes.io/docs/concepts/overview/working-with-objects/common-labels/).
-LABEL_NAME: Final = "app.kubernetes.io/name"
-LABEL_INSTANCE: Final = "app.kubernetes.io/instance"
-LABEL_COMPONENT: Final = "app.kubernetes.io/component"
-LABEL_PART_OF: Final = "app.kubernetes.io/part-of"
-LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
-
-# Pantau's own labels.
-LABEL_SITE: Final = "pantau.io/site"
-LABEL_CAMERA: Final = "pantau.io/camera"
-# On a Camera: the ingest pod (a StatefulSet pod name, "<pool>-<ordinal>") that serves it. Ingest pods
-# watch Cameras with the selector pantau.io/shard=<their own pod name>.
-LABEL_SHARD: Final = "pantau.io/shard"
-
-# Well-known labels Pantau sets or selects on.
-LABEL_ZONE: Final = "topology.kubernetes.io/zone"
-LABEL_HOSTNAME: Final = "kubernetes.io/hostname"
-
-# Label values.
-PART_OF: Final = "pantau"
-MANAGED_BY: Final = "pantau"
-INGEST_APP: Final = "pantau-ingest"
-INGEST_COMPONENT: Final = "ingest"
-
 # Kubernetes limits.
 MAX_LABEL_VALUE: Final = 63
 MAX_DNS_LABEL: Final = 63

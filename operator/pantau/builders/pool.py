@@ -19,14 +19,17 @@ they hold only the fields Pantau owns."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from pantau.builders.names import (
+from pantau.builders.names import label_value, pool_name
+from pantau.contract import (
+    HEALTHZ_PATH,
     INGEST_APP,
+    INGEST_COMMAND,
     INGEST_COMPONENT,
+    INGEST_PORT,
     LABEL_COMPONENT,
     LABEL_HOSTNAME,
     LABEL_INSTANCE,
@@ -37,8 +40,9 @@ from pantau.builders.names import (
     LABEL_ZONE,
     MANAGED_BY,
     PART_OF,
-    label_value,
-    pool_name,
+    READYZ_PATH,
+    env_name,
+    pod_env,
 )
 from pantau.models import API_VERSION, CAMERAS, GROUP, Resources, SiteSpec
 
@@ -46,28 +50,12 @@ Manifest = dict[str, Any]
 
 SITE_KIND: Final = "Site"
 
-# The ingest container's contract: its command, port, probe paths and environment. The ingest program
-# (pantau.ingest) reads the same names.
+# The ingest container's command, port, probe paths and environment names are in pantau.contract.
 CONTAINER_NAME: Final = "ingest"
-INGEST_COMMAND: Final = ("pantau", "ingest")
 PORT_NAME: Final = "http"
-INGEST_PORT: Final = 8080
-READYZ_PATH: Final = "/readyz"
-HEALTHZ_PATH: Final = "/healthz"
-ENV_POD_NAME: Final = "POD_NAME"
-ENV_POD_NAMESPACE: Final = "POD_NAMESPACE"
-ENV_POD_IP: Final = "POD_IP"
-ENV_SITE: Final = "PANTAU_SITE"
-ENV_TRITON_ADDRESS: Final = "PANTAU_TRITON_ADDRESS"
-ENV_MODEL: Final = "PANTAU_MODEL"
-ENV_INGEST_PORT: Final = "PANTAU_INGEST_PORT"
 ENV_OTEL_SERVICE_NAME: Final = "OTEL_SERVICE_NAME"
 ENV_OTEL_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_ENDPOINT"
 ENV_OTEL_RESOURCE_ATTRIBUTES: Final = "OTEL_RESOURCE_ATTRIBUTES"
-# The Site's camera defaults and event sinks, as JSON: the pods cannot read the Site (their Role
-# reads Cameras and named Secrets only), and neither holds a secret (sink URLs carry no credentials).
-ENV_CAMERA_DEFAULTS: Final = "PANTAU_CAMERA_DEFAULTS"
-ENV_EVENT_SINKS: Final = "PANTAU_EVENT_SINKS"
 OTEL_SERVICE_NAME: Final = "pantau-ingest"
 # Resource attribute that carries the Site on every span and metric of the pod.
 OTEL_SITE_ATTRIBUTE: Final = "pantau.site"
@@ -331,38 +319,24 @@ def _container(site: SiteRef, spec: SiteSpec, settings: PoolSettings) -> Manifes
 def _env(site: SiteRef, spec: SiteSpec, settings: PoolSettings) -> list[Manifest]:
     """Configuration only: the pods read credentials from the API, never from their environment."""
     inference = spec.inference
-    triton = (inference.triton_address if inference else None) or settings.triton_address
-    model = (inference.model if inference else None) or settings.model
+    env = pod_env(
+        site=site.name,
+        triton_address=(inference.triton_address if inference else None) or settings.triton_address,
+        model=(inference.model if inference else None) or settings.model,
+        port=INGEST_PORT,
+        camera_defaults=spec.camera_defaults,
+        event_sinks=tuple(spec.event_sinks),
+    )
+    env.append({"name": ENV_OTEL_SERVICE_NAME, "value": OTEL_SERVICE_NAME})
+    if settings.otlp_endpoint:
+        env.append({"name": ENV_OTEL_ENDPOINT, "value": settings.otlp_endpoint})
     # $(VAR) refers to variables defined earlier in the list; the kubelet expands it.
     attributes = (
         f"{OTEL_SITE_ATTRIBUTE}={site.name},"
-        f"k8s.namespace.name=$({ENV_POD_NAMESPACE}),k8s.pod.name=$({ENV_POD_NAME})"
+        f"k8s.namespace.name=$({env_name('namespace')}),k8s.pod.name=$({env_name('pod_name')})"
     )
-    env: list[Manifest] = [
-        _field_env(ENV_POD_NAME, "metadata.name"),
-        _field_env(ENV_POD_NAMESPACE, "metadata.namespace"),
-        _field_env(ENV_POD_IP, "status.podIP"),
-        {"name": ENV_SITE, "value": site.name},
-        {"name": ENV_TRITON_ADDRESS, "value": triton},
-        {"name": ENV_MODEL, "value": model},
-        {"name": ENV_INGEST_PORT, "value": str(INGEST_PORT)},
-        {"name": ENV_OTEL_SERVICE_NAME, "value": OTEL_SERVICE_NAME},
-        {"name": ENV_CAMERA_DEFAULTS, "value": spec.camera_defaults.model_dump_json(by_alias=True)},
-        {
-            "name": ENV_EVENT_SINKS,
-            "value": json.dumps(
-                [s.model_dump(mode="json", by_alias=True, exclude_none=True) for s in spec.event_sinks]
-            ),
-        },
-    ]
-    if settings.otlp_endpoint:
-        env.append({"name": ENV_OTEL_ENDPOINT, "value": settings.otlp_endpoint})
     env.append({"name": ENV_OTEL_RESOURCE_ATTRIBUTES, "value": attributes})
     return env
-
-
-def _field_env(name: str, path: str) -> Manifest:
-    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
 def _resources(resources: Resources | None) -> Manifest:

@@ -17,7 +17,7 @@ import kopf
 from pydantic import ValidationError
 
 from pantau.builders import names
-from pantau.builders.pool import INGEST_PORT
+from pantau.contract import INGEST_PORT, LABEL_SHARD
 from pantau.k8s.api import KubeApi
 from pantau.models import GROUP, VERSION
 from pantau.models.camera import CameraSpec
@@ -142,12 +142,12 @@ class OperatorState:
         self._remember(key, child)
 
     async def set_camera_label(self, camera: ObjectFacts, shard: str | None) -> None:
-        if camera.labels.get(names.LABEL_SHARD) == shard:
+        if camera.labels.get(LABEL_SHARD) == shard:
             return
         key = ("label", camera.namespace, camera.name)
         if self._recently_written(key, shard):
             return
-        labels = {names.LABEL_SHARD: shard} if shard else {}
+        labels = {LABEL_SHARD: shard} if shard else {}
         body = {
             "apiVersion": API_VERSION,
             "kind": "Camera",

@@ -20,18 +20,17 @@ from typing import Any
 from pydantic import ValidationError
 
 from pantau import telemetry
+from pantau.contract import LABEL_SHARD, CameraStatusReport, IngestSettings, PodStatusReport
 from pantau.ingest.events import EventSink, JsonLinesSink, MultiSink, WebhookSink
 from pantau.ingest.pipeline import CameraWorker, Credentials, PodContext
-from pantau.ingest.redact import redact_url
-from pantau.ingest.server import CameraStatusReport, PodStatusReport, serve
-from pantau.ingest.settings import IngestSettings
+from pantau.ingest.server import serve
 from pantau.k8s.api import ApiError, KubeApi
 from pantau.models import GROUP, VERSION
 from pantau.models.camera import CameraSpec
+from pantau.redact import redact_url
 from pantau.triton.client import ClientSettings, Detector, InferenceError
 
 log = logging.getLogger("pantau.ingest")
-LABEL_SHARD = "pantau.io/shard"
 
 
 def _sinks(settings: IngestSettings) -> EventSink:

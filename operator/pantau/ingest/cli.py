@@ -15,7 +15,7 @@ def ingest() -> None:
     PANTAU_TRITON_ADDRESS, OTEL_* and more (see pantau.ingest.settings)."""
     from pydantic import ValidationError  # imported here: `pantau --help` should not pay for it
 
-    from pantau.ingest.settings import IngestSettings
+    from pantau.contract import IngestSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs request URLs at INFO; a webhook URL's path may hold a token.

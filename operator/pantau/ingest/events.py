@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_serializer, field_validator
 
+from pantau.contract import SinkStats
 from pantau.telemetry import has_url_credentials, redact_urls
 
 log = logging.getLogger(__name__)
@@ -108,21 +109,6 @@ class DetectionEvent(BaseModel):
 
 
 # ----- sinks -----
-
-
-class SinkStats(BaseModel):
-    """Counters of one sink (or the sum over a MultiSink's sinks)."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    name: str
-    published: int = 0  # events handed to the sink
-    delivered: int = 0  # events written / accepted by the receiver (2xx)
-    dropped: int = 0  # events given up, all reasons
-    dropped_reasons: dict[str, int] = Field(default_factory=dict)
-    pending: int = 0  # events buffered, in flight included
-    retries: int = 0  # failed attempts that were (or will be) retried
-    last_error: str | None = None  # no URL path, query or header value in it
 
 
 class EventSink(Protocol):

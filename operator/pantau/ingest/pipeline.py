@@ -31,10 +31,10 @@ from opentelemetry.trace import Tracer
 
 from pantau import telemetry
 from pantau.ingest.events import DetectionEvent, EventSink
-from pantau.ingest.redact import redact_url
 from pantau.ingest.sources import Sample, Source, SourceConfig, SourceError, open_source
 from pantau.models.camera import CameraSpec
 from pantau.models.site import CameraDefaults
+from pantau.redact import redact_url
 from pantau.triton import yolox
 from pantau.triton.client import Detector, InferenceError, Prepared
 

@@ -15,83 +15,14 @@ import logging
 import math
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Annotated, Final, Literal, Self
+from typing import Final, Self
 
 from aiohttp import web
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
-from pantau.ingest.events import SinkStats
-from pantau.telemetry import redact_urls
+from pantau.contract import CAMERA_STATES, CameraStatusReport, PodStatusReport
 
 log = logging.getLogger(__name__)
-
-CameraState = Literal["Starting", "Streaming", "Backoff", "Stopped", "Failed"]
-CAMERA_STATES: Final[tuple[CameraState, ...]] = ("Starting", "Streaming", "Backoff", "Stopped", "Failed")
-REASON_PATTERN: Final = r"^[A-Z][A-Za-z0-9]*$"
 METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
-MAX_MESSAGE: Final = 1024
-
-Redacted = Annotated[str, AfterValidator(redact_urls)]
-Count = Annotated[int, Field(ge=0)]
-
-
-def _short(text: str) -> str:
-    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
-
-
-class _Report(BaseModel):
-    # Unknown fields are ignored: an operator must read the report of a newer pod during an upgrade.
-    model_config = ConfigDict(frozen=True, extra="ignore", hide_input_in_errors=True)
-
-
-class LatencySummary(_Report):
-    """Inference latency of a camera's recent frames (request sent → detections back), milliseconds.
-    `count` and `sum_ms` (all frames since the camera started) make /metrics a complete summary."""
-
-    p50: float = Field(ge=0)
-    p99: float = Field(ge=0)
-    count: Count = 0
-    sum_ms: float = Field(default=0.0, ge=0)
-
-
-class CameraStatusReport(_Report):
-    """What the pod knows about one of its cameras."""
-
-    namespace: str
-    name: str
-    state: CameraState
-    reason: Annotated[str, Field(pattern=REASON_PATTERN)] | None = None  # e.g. AuthFailed, Timeout
-    message: Annotated[Redacted, AfterValidator(_short)] | None = None
-    last_frame_time: AwareDatetime | None = None  # capture time of the last processed frame
-    fps: float = Field(ge=0)  # measured processed frames per second (recent)
-    frames_processed: Count = 0
-    frames_dropped: dict[str, Count] = Field(default_factory=dict)  # reason -> frames
-    inference_latency_ms: LatencySummary | None = None
-    detections: dict[str, Count] = Field(default_factory=dict)  # class -> detections since start
-    url: Redacted  # the source URL with userinfo shown as REDACTED:REDACTED@
-
-    @property
-    def camera(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-
-class TritonReport(_Report):
-    address: str
-    reachable: bool
-    model: str | None = None
-
-
-class PodStatusReport(_Report):
-    """The /status payload: the pod, its cameras, its Triton connection and its event sinks."""
-
-    pod: str
-    site: str
-    shard: str
-    started_at: AwareDatetime
-    cameras: list[CameraStatusReport] = Field(default_factory=list)
-    triton: TritonReport
-    sinks: list[SinkStats] = Field(default_factory=list)
-
 
 # ----- /metrics -----
 

@@ -45,7 +45,7 @@ from av.container import InputContainer
 from av.video.codeccontext import VideoCodecContext
 from av.video.stream import VideoStream
 
-from pantau.ingest.redact import REDACTED, basic_auth_token, redact_url, scrub
+from pantau.redact import REDACTED, basic_auth_token, redact_url, scrub
 
 log = logging.getLogger(__name__)
 

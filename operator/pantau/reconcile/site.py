@@ -15,6 +15,7 @@ from typing import Any
 
 from pantau.builders import names
 from pantau.builders.pool import PoolSettings, SiteRef, build_pool
+from pantau.contract import LABEL_SHARD
 from pantau.models.camera import CameraSpec
 from pantau.models.conditions import Condition, find_condition, set_condition
 from pantau.models.site import SiteSpec
@@ -229,7 +230,7 @@ def plan_site(
             wanted.append(_condition("Ready", ok, reason, message, gen, now))
             ready_count += ok
             failed += reason == "SecretNotFound"
-            previous = cam.labels.get(names.LABEL_SHARD)
+            previous = cam.labels.get(LABEL_SHARD)
             if previous and previous != pod:
                 events.append(
                     Event("Camera", cam.name, "Normal", "Reassigned", f"moved from {previous} to {pod}")

@@ -4,7 +4,7 @@ Targets (same models and tensors for clients, see contract.py):
 - cpu: for the Python-backend-only Triton of the local stack (nvidia-pytriton's binary):
   `yolox` runs onnxruntime and the numpy post-processing in one Python-backend model.
 - gpu: for the official Triton container: `yolox` is an ensemble of `yolox_onnx` (onnxruntime
-  backend on the GPU; switch to TensorRT by editing its config, see inference/README.md) and
+  backend on the GPU; switch to TensorRT by editing its config, see docs/inference.md) and
   `yolox_post` (the numpy post-processing, Python backend).
 Both add `yolox_jpeg`, a Python-backend model that decodes JPEGs and calls `yolox`.
 
@@ -27,7 +27,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 from pantau.triton import contract, yolox
 
 Target = Literal["cpu", "gpu"]
-INFERENCE_SRC = Path(__file__).resolve().parents[3] / "inference"
+# The Python-backend model sources ship inside the package (package data), so the product image can
+# write a model repository without a source checkout.
+BACKENDS = Path(__file__).resolve().parent / "backends"
 _SHARED_CODE = Path(yolox.__file__)
 
 
@@ -192,7 +194,7 @@ def configs(size: int, options: BuildOptions) -> dict[str, mc.ModelConfig]:
     return out
 
 
-# Model name -> the source folder under inference/ holding its model.py (Python backend only).
+# Model name -> the folder under backends/ holding its model.py (Python backend only).
 _SOURCES = {contract.MODEL: "yolox", contract.JPEG_MODEL: "yolox_jpeg", "yolox_post": "yolox_post"}
 
 
@@ -212,7 +214,7 @@ def build(model_path: Path, out: Path, options: BuildOptions) -> dict[str, Path]
         version.mkdir(parents=True)
         (folder / "config.pbtxt").write_text(text_format.MessageToString(config))
         if config.backend == "python":
-            shutil.copy2(INFERENCE_SRC / _SOURCES[name] / "model.py", version / "model.py")
+            shutil.copy2(BACKENDS / _SOURCES[name] / "model.py", version / "model.py")
             shutil.copy2(_SHARED_CODE, version / "yolox.py")
         if (name == contract.MODEL and options.target == "cpu") or name == "yolox_onnx":
             onnx.save(prepared, str(version / "model.onnx"))

@@ -1,0 +1,256 @@
+"""What the operator and the ingest pods share, written once: the labels they select on, the ingest
+pod's settings (the operator renders the pod's environment from the same model the pod parses it
+with) and the /status report (the pod serves it, the operator parses it with the same model).
+
+Either side imports this module and never the other side's code (import-linter checks it)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pantau.models.site import CameraDefaults, EventSink
+from pantau.redact import redact_url
+
+# ----- labels and annotations -----
+
+# Recommended labels (https://kubernetes.io/docs/concepts/overview/working-with-objects/common-labels/).
+LABEL_NAME: Final = "app.kubernetes.io/name"
+LABEL_INSTANCE: Final = "app.kubernetes.io/instance"
+LABEL_COMPONENT: Final = "app.kubernetes.io/component"
+LABEL_PART_OF: Final = "app.kubernetes.io/part-of"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+# Pantau's own labels.
+LABEL_SITE: Final = "pantau.io/site"
+LABEL_CAMERA: Final = "pantau.io/camera"
+# On a Camera: the ingest pod (a StatefulSet pod name, "<pool>-<ordinal>") that serves it. Ingest pods
+# watch Cameras with the selector pantau.io/shard=<their own pod name>.
+LABEL_SHARD: Final = "pantau.io/shard"
+# Kopf's own state (finalizer, progress, diff-base) lives under this prefix.
+ANNOTATION_PREFIX: Final = "pantau.io"
+# Well-known labels Pantau sets or selects on.
+LABEL_ZONE: Final = "topology.kubernetes.io/zone"
+LABEL_HOSTNAME: Final = "kubernetes.io/hostname"
+# Label values.
+PART_OF: Final = "pantau"
+MANAGED_BY: Final = "pantau"
+INGEST_APP: Final = "pantau-ingest"
+INGEST_COMPONENT: Final = "ingest"
+
+# ----- the ingest container -----
+
+INGEST_COMMAND: Final = ("pantau", "ingest")
+INGEST_PORT: Final = 8080
+HEALTHZ_PATH: Final = "/healthz"
+READYZ_PATH: Final = "/readyz"
+STATUS_PATH: Final = "/status"
+METRICS_PATH: Final = "/metrics"
+# A /status body larger than this is refused unread: a pod serves at most a few hundred cameras
+# (a few hundred bytes each), so anything near this size is a bug or a hostile endpoint.
+MAX_STATUS_BYTES: Final = 4 * 1024 * 1024
+
+# Settings the kubelet fills from the pod itself (the downward API): field -> fieldPath.
+DOWNWARD_FIELDS: Final[Mapping[str, str]] = {
+    "pod_name": "metadata.name",
+    "namespace": "metadata.namespace",
+    "pod_ip": "status.podIP",
+}
+
+
+def _env(name: str) -> Any:
+    return AliasChoices(name)
+
+
+class IngestSettings(BaseSettings):
+    """An ingest pod's settings, read from its environment. The operator never writes variable names
+    itself: it fills this model and renders the environment with `pod_env`."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    pod_name: str = Field(validation_alias=_env("POD_NAME"))
+    namespace: str = Field(validation_alias=_env("POD_NAMESPACE"))
+    pod_ip: str = Field(default="127.0.0.1", validation_alias=_env("POD_IP"))
+    site: str = Field(validation_alias=_env("PANTAU_SITE"))
+    triton_address: str = Field(validation_alias=_env("PANTAU_TRITON_ADDRESS"))
+    model: str = Field(default="yolox", validation_alias=_env("PANTAU_MODEL"))
+    port: int = Field(default=INGEST_PORT, ge=1, le=65535, validation_alias=_env("PANTAU_INGEST_PORT"))
+    # The pods cannot read their Site (their Role reads Cameras and named Secrets only), so its camera
+    # defaults and event sinks come as JSON; neither holds a secret.
+    camera_defaults: CameraDefaults = Field(
+        default_factory=CameraDefaults, validation_alias=_env("PANTAU_CAMERA_DEFAULTS")
+    )
+    event_sinks: tuple[EventSink, ...] = Field(default=(), validation_alias=_env("PANTAU_EVENT_SINKS"))
+    # Tunables (tests shorten them).
+    queue_size: int = Field(default=2, ge=1, validation_alias=_env("PANTAU_INGEST_QUEUE"))
+    read_timeout: float = Field(default=10.0, gt=0, validation_alias=_env("PANTAU_INGEST_READ_TIMEOUT"))
+    backoff_base: float = Field(default=1.0, gt=0, validation_alias=_env("PANTAU_INGEST_BACKOFF_BASE"))
+    backoff_cap: float = Field(default=30.0, gt=0, validation_alias=_env("PANTAU_INGEST_BACKOFF_CAP"))
+    auth_backoff: float = Field(default=60.0, gt=0, validation_alias=_env("PANTAU_INGEST_AUTH_BACKOFF"))
+    secret_refresh: float = Field(default=60.0, gt=0, validation_alias=_env("PANTAU_INGEST_SECRET_REFRESH"))
+    max_batch: int = Field(default=8, ge=1, validation_alias=_env("PANTAU_INGEST_MAX_BATCH"))
+
+    @field_validator("camera_defaults", "event_sinks", mode="before")
+    @classmethod
+    def _json(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
+    @property
+    def shard(self) -> str:
+        """Cameras assigned to this pod carry pantau.io/shard=<pod name>."""
+        return self.pod_name
+
+
+def env_name(field: str) -> str:
+    """The environment variable an ingest setting is read from."""
+    alias = IngestSettings.model_fields[field].validation_alias
+    assert isinstance(alias, AliasChoices)
+    return str(alias.choices[0])
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, BaseModel):
+        return value.model_dump_json(by_alias=True, exclude_none=True)
+    if isinstance(value, tuple | list):
+        return json.dumps([v.model_dump(mode="json", by_alias=True, exclude_none=True) for v in value])
+    return str(value)
+
+
+def pod_env(**values: Any) -> list[dict[str, Any]]:
+    """The container environment that makes an ingest pod read `values` (IngestSettings field names):
+    the downward-API fields as fieldRefs first (later variables may refer to them as $(NAME)), then
+    each given value as the pod will parse it. The values are validated here, so the operator never
+    renders an environment the pod would refuse."""
+    unknown = set(values) - set(IngestSettings.model_fields)
+    if unknown:
+        raise ValueError(f"not an ingest setting: {sorted(unknown)}")
+    placeholders = {field: f"$({env_name(field)})" for field in DOWNWARD_FIELDS}
+    checked = IngestSettings.model_validate({**placeholders, **values})
+    env: list[dict[str, Any]] = [
+        {"name": env_name(field), "valueFrom": {"fieldRef": {"fieldPath": path}}}
+        for field, path in DOWNWARD_FIELDS.items()
+    ]
+    env += [
+        {"name": env_name(field), "value": _env_value(getattr(checked, field))}
+        for field in IngestSettings.model_fields
+        if field in values and field not in DOWNWARD_FIELDS
+    ]
+    return env
+
+
+# ----- the /status report -----
+
+CameraState = Literal["Starting", "Streaming", "Backoff", "Stopped", "Failed"]
+CAMERA_STATES: Final[tuple[CameraState, ...]] = ("Starting", "Streaming", "Backoff", "Stopped", "Failed")
+REASON_PATTERN: Final = r"^[A-Z][A-Za-z0-9]*$"
+MAX_MESSAGE: Final = 1024
+MAX_CAMERAS_PER_REPORT: Final = 1000
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
+
+
+Redacted = Annotated[str, AfterValidator(redact_url)]
+Count = Annotated[int, Field(ge=0)]
+Reason = Annotated[str, Field(pattern=REASON_PATTERN, max_length=128)]
+
+
+class _Report(BaseModel):
+    # Unknown fields are ignored: an operator must read the report of a newer pod during an upgrade.
+    model_config = ConfigDict(frozen=True, extra="ignore", hide_input_in_errors=True)
+
+
+class LatencySummary(_Report):
+    """Inference latency of a camera's recent frames (request sent → detections back), milliseconds.
+    `count` and `sum_ms` (all frames since the camera started) make /metrics a complete summary."""
+
+    p50: float = Field(ge=0)
+    p99: float = Field(ge=0)
+    count: Count = 0
+    sum_ms: float = Field(default=0.0, ge=0)
+
+
+class CameraStatusReport(_Report):
+    """What the pod knows about one of its cameras."""
+
+    namespace: str
+    name: str
+    state: CameraState
+    reason: Reason | None = None  # e.g. AuthFailed, Timeout
+    message: Annotated[Redacted, AfterValidator(_short)] | None = None
+    last_frame_time: AwareDatetime | None = None  # capture time of the last processed frame
+    fps: float = Field(ge=0)  # measured processed frames per second (recent)
+    frames_processed: Count = 0
+    frames_dropped: dict[str, Count] = Field(default_factory=dict)  # reason -> frames
+    inference_latency_ms: LatencySummary | None = None
+    detections: dict[str, Count] = Field(default_factory=dict)  # class -> detections since start
+    url: Redacted  # the source URL with userinfo shown as REDACTED:REDACTED@
+
+    @property
+    def camera(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def streaming(self) -> bool:
+        return self.state == "Streaming"
+
+
+class TritonReport(_Report):
+    address: str
+    reachable: bool
+    model: str | None = None
+
+
+class SinkStats(_Report):
+    """Counters of one event sink (or the sum over a MultiSink's sinks)."""
+
+    name: str
+    published: Count = 0  # events handed to the sink
+    delivered: Count = 0  # events written / accepted by the receiver (2xx)
+    dropped: Count = 0  # events given up, all reasons
+    dropped_reasons: dict[str, Count] = Field(default_factory=dict)
+    pending: Count = 0  # events buffered, in flight included
+    retries: Count = 0  # failed attempts that were (or will be) retried
+    last_error: str | None = None  # no URL path, query or header value in it
+
+
+class PodStatusReport(_Report):
+    """The /status payload: the pod, its cameras, its Triton connection and its event sinks."""
+
+    pod: str
+    site: str
+    shard: str
+    started_at: AwareDatetime
+    cameras: list[CameraStatusReport] = Field(default_factory=list, max_length=MAX_CAMERAS_PER_REPORT)
+    triton: TritonReport
+    sinks: list[SinkStats] = Field(default_factory=list)
+
+
+class ReportError(ValueError):
+    """A /status body that is too large or does not parse as a PodStatusReport."""
+
+
+def parse_status(body: bytes) -> PodStatusReport:
+    """A pod's /status body as a typed report; anything else is refused with a short reason (never
+    the body itself: it comes from a pod and may hold anything)."""
+    if len(body) > MAX_STATUS_BYTES:
+        raise ReportError(f"report of {len(body)} bytes is over the {MAX_STATUS_BYTES}-byte limit")
+    try:
+        return PodStatusReport.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors(include_input=False, include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ReportError(f"report does not parse: {where}: {first['msg']}") from None

@@ -31,6 +31,7 @@ from pantau.builders import (
 from pantau.builders.names import MAX_POOL_NAME
 from pantau.contract import LABEL_SITE
 from pantau.models import API_VERSION, CameraSpec, SiteSpec
+from pantau.models.limits import MAX_PODS
 from tests.cases_crd import SAMPLES, SITE
 
 GOLDEN_DIR: Final = Path(__file__).resolve().parent / "golden"
@@ -56,7 +57,7 @@ DNS1123_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 LABEL_VALUE: Final = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 # Site names are DNS subdomains: up to 253 characters.
 LONG_SITE: Final = ".".join([("kabupaten-bengkulu-selatan-" * 3)[:62] + "a"] * 3 + ["x" * 61])
-MAX_ORDINAL: Final = 63  # IngestPool.max_pods is 64
+MAX_ORDINAL: Final = MAX_PODS - 1
 
 
 # ----- helpers -----

@@ -164,7 +164,7 @@ def test_get_pantau_lists_both_kinds(samples: str, k: list[str], module_namespac
         (
             "sites",
             "NAME CAMERAS STREAMING PODS READY AGE",
-            "NAME REGION CAMERAS STREAMING PODS DESIRED READY AGE",
+            "NAME DISPLAY-NAME REGION CAMERAS STREAMING PODS DESIRED READY AGE",
         ),
         (
             "cam",
@@ -174,7 +174,7 @@ def test_get_pantau_lists_both_kinds(samples: str, k: list[str], module_namespac
         (
             "psite",
             "NAME CAMERAS STREAMING PODS READY AGE",
-            "NAME REGION CAMERAS STREAMING PODS DESIRED READY AGE",
+            "NAME DISPLAY-NAME REGION CAMERAS STREAMING PODS DESIRED READY AGE",
         ),
     ],
 )

@@ -162,3 +162,19 @@ def test_pad_detections_is_fixed_size() -> None:
     assert boxes.shape == (5, 4)
     assert classes.tolist() == [0, 2, -1, -1, -1]
     assert scores[2:].tolist() == [0, 0, 0]
+
+
+def test_batch_outputs_stack_each_images_padded_detections() -> None:
+    params = yolox.PostParams.from_config(
+        {"input_size": "416", "score_threshold": "0.3", "iou_threshold": "0.45", "max_detections": "4"}
+    )
+    raw = np.zeros((2, 3549, 85), dtype=np.float32)
+    raw[1, 2704, :4] = [0.5, 0.5, np.log(4.0), np.log(2.0)]
+    raw[1, 2704, 4], raw[1, 2704, 5] = 0.9, 0.8  # one person in the second image only
+    count, boxes, scores, classes = yolox.batch_outputs(raw, np.array([[416, 416], [832, 832]]), params)
+    assert count.tolist() == [[0], [1]]
+    assert boxes.shape == (2, 4, 4)
+    assert classes[:, 0].tolist() == [-1, 0]
+    # Centre (8, 8), 64 x 32 at 416: clipped at the left and top, then the 0.5 letterbox scale undone.
+    np.testing.assert_allclose(boxes[1, 0], [0, 0, 80, 48], rtol=1e-5)
+    assert scores[1, 0] == pytest.approx(0.72)

@@ -20,6 +20,7 @@ from pantau.models import (
     SiteSpec,
     SiteStatus,
     find_condition,
+    limits,
     set_condition,
 )
 from tests.cases_crd import CASES, LEAKED_PASSWORD, SAMPLES, BadCase, build
@@ -291,3 +292,51 @@ def test_statuses_accept_operator_output_and_refuse_duplicate_condition_types() 
     assert status.conditions[0].reason == "Streaming"
     with pytest.raises(ValidationError, match="distinct types"):
         SiteStatus(conditions=(cond("Ready", "True", "Ok"), cond("Ready", "False", "PoolScaling")))
+
+
+def crd_rules(file: str) -> dict[str, str]:
+    """Every CEL rule of a CRD's schema, rule -> message."""
+    found: dict[str, str] = {}
+
+    def visit(node: Any) -> None:
+        if isinstance(node, dict):
+            for rule in node.get("x-kubernetes-validations", []):
+                found[rule["rule"]] = rule.get("message", "")
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+
+    visit(crd_schema(file))
+    return found
+
+
+def test_crd_rules_state_the_numbers_and_patterns_of_the_models() -> None:
+    """The CEL rules repeat what pantau.models.limits says; a change on one side fails here."""
+    camera, site = crd_rules("cameras.pantau.io.yaml"), crd_rules("sites.pantau.io.yaml")
+    fps_rule = f"self > 0.0 && self <= {limits.MAX_FPS:.1f}"
+    for rules in (camera, site):
+        assert fps_rule in rules
+        assert f"at most {limits.MAX_FPS:g}" in rules[fps_rule]
+    assert f"!self.url.matches('{limits.CREDENTIALS_IN_URL_PATTERN}')" in camera
+    assert f"self.url.matches('^({'|'.join(limits.SCHEMES)})://')" in camera
+    assert f"!has(self.url) || self.url.matches('{limits.WEBHOOK_URL_PATTERN}')" in site
+    assert f"!has(self.url) || !self.url.matches('{limits.CREDENTIALS_IN_URL_PATTERN}')" in site
+    assert any(limits.DNS_SUBDOMAIN_PATTERN.replace("\\", "\\\\") in rule for rule in camera)
+    assert any(limits.DATA_KEY_PATTERN in rule for rule in camera)
+    assert "!has(self.minPods) || !has(self.maxPods) || self.minPods <= self.maxPods" in site
+
+
+def test_models_take_their_bounds_from_the_limits_module() -> None:
+    schema = CameraSpec.model_json_schema(by_alias=True)
+    source = resolve(schema["properties"]["source"], schema["$defs"])
+    assert resolve(source["properties"]["maxSessions"], schema["$defs"])["maximum"] == limits.MAX_SESSIONS
+    with pytest.raises(ValidationError, match=f"at most {limits.MAX_FPS:g}"):
+        CameraSpec.model_validate(
+            {
+                "siteRef": {"name": "s"},
+                "source": {"url": "rtsp://h/x", "protocol": "rtsp"},
+                "sampling": {"fps": limits.MAX_FPS + 1},
+            }
+        )

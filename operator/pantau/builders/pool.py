@@ -158,8 +158,13 @@ def _metadata(site: SiteRef, name: str) -> Manifest:
     }
 
 
+def _object(api_version: str, kind: str, site: SiteRef, name: str, **fields: Any) -> Manifest:
+    """An object of the pool: its type, the pool's metadata, then its own fields."""
+    return {"apiVersion": api_version, "kind": kind, "metadata": _metadata(site, name), **fields}
+
+
 def _service_account(site: SiteRef, name: str) -> Manifest:
-    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(site, name)}
+    return _object("v1", "ServiceAccount", site, name)
 
 
 def _role(site: SiteRef, name: str, secret_names: Sequence[str]) -> Manifest:
@@ -172,72 +177,57 @@ def _role(site: SiteRef, name: str, secret_names: Sequence[str]) -> Manifest:
         rules.append(
             {"apiGroups": [""], "resources": ["secrets"], "resourceNames": secrets, "verbs": ["get"]}
         )
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": _metadata(site, name),
-        "rules": rules,
-    }
+    return _object("rbac.authorization.k8s.io/v1", "Role", site, name, rules=rules)
 
 
 def _role_binding(site: SiteRef, name: str) -> Manifest:
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "RoleBinding",
-        "metadata": _metadata(site, name),
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": site.namespace}],
-    }
+    return _object(
+        "rbac.authorization.k8s.io/v1",
+        "RoleBinding",
+        site,
+        name,
+        roleRef={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        subjects=[{"kind": "ServiceAccount", "name": name, "namespace": site.namespace}],
+    )
 
 
 def _service(site: SiteRef, name: str) -> Manifest:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": _metadata(site, name),
-        "spec": {
-            "clusterIP": "None",
-            # The operator polls /status of pods that are not ready too: that is where it learns why.
-            "publishNotReadyAddresses": True,
-            "selector": selector_labels(name),
-            "ports": [{"name": PORT_NAME, "port": INGEST_PORT, "targetPort": PORT_NAME, "protocol": "TCP"}],
-        },
+    spec = {
+        "clusterIP": "None",
+        # The operator polls /status of pods that are not ready too: that is where it learns why.
+        "publishNotReadyAddresses": True,
+        "selector": selector_labels(name),
+        "ports": [{"name": PORT_NAME, "port": INGEST_PORT, "targetPort": PORT_NAME, "protocol": "TCP"}],
     }
+    return _object("v1", "Service", site, name, spec=spec)
 
 
 def _stateful_set(
     site: SiteRef, name: str, spec: SiteSpec, replicas: int, settings: PoolSettings
 ) -> Manifest:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": _metadata(site, name),
-        "spec": {
-            "replicas": replicas,
-            "serviceName": name,
-            "podManagementPolicy": "Parallel",
-            "updateStrategy": {"type": "RollingUpdate"},
-            "selector": {"matchLabels": selector_labels(name)},
-            "template": {
-                "metadata": {"labels": pool_labels(site.name, name)},
-                "spec": _pod_spec(site, name, spec, settings),
-            },
-        },
+    template = {
+        "metadata": {"labels": pool_labels(site.name, name)},
+        "spec": _pod_spec(site, name, spec, settings),
     }
+    body = {
+        "replicas": replicas,
+        "serviceName": name,
+        "podManagementPolicy": "Parallel",
+        "updateStrategy": {"type": "RollingUpdate"},
+        "selector": {"matchLabels": selector_labels(name)},
+        "template": template,
+    }
+    return _object("apps/v1", "StatefulSet", site, name, spec=body)
 
 
 def _pod_disruption_budget(site: SiteRef, name: str) -> Manifest:
-    return {
-        "apiVersion": "policy/v1",
-        "kind": "PodDisruptionBudget",
-        "metadata": _metadata(site, name),
-        "spec": {
-            "maxUnavailable": 1,
-            "selector": {"matchLabels": selector_labels(name)},
-            # A crash-looping shard serves nothing: let a node drain evict it rather than block on it.
-            "unhealthyPodEvictionPolicy": "AlwaysAllow",
-        },
+    spec = {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": selector_labels(name)},
+        # A crash-looping shard serves nothing: let a node drain evict it rather than block on it.
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
     }
+    return _object("policy/v1", "PodDisruptionBudget", site, name, spec=spec)
 
 
 def _pod_spec(site: SiteRef, name: str, spec: SiteSpec, settings: PoolSettings) -> Manifest:

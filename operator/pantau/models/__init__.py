@@ -5,7 +5,6 @@ Handlers parse an object's spec and status into these models; builders and recon
 from typing import Final
 
 from pantau.models.camera import (
-    MAX_FPS,
     CameraSpec,
     CameraStatus,
     CaSecretRef,
@@ -19,6 +18,7 @@ from pantau.models.camera import (
     Zone,
 )
 from pantau.models.conditions import ApiModel, Condition, find_condition, set_condition
+from pantau.models.limits import MAX_FPS
 from pantau.models.site import (
     CameraCounts,
     CameraDefaults,

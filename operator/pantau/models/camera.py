@@ -13,19 +13,27 @@ from typing import Annotated, Final, Literal
 from pydantic import AfterValidator, Field, model_validator
 
 from pantau.models.conditions import ApiModel, Conditions, Generation
+from pantau.models.limits import (
+    CLASS_NAME_PATTERN,
+    CREDENTIALS_IN_URL_PATTERN,
+    DATA_KEY_PATTERN,
+    DNS_LABEL_PATTERN,
+    DNS_SUBDOMAIN_PATTERN,
+    MAX_CLASSES,
+    MAX_FPS,
+    MAX_LINES,
+    MAX_PRIORITY,
+    MAX_RESOLUTION,
+    MAX_SESSIONS,
+    MAX_URL,
+    MAX_ZONE_POINTS,
+    MAX_ZONES,
+    MIN_RESOLUTION,
+    SCHEMES,
+)
 
-# CCTV encoders run at 25 (PAL) or 30 frames per second: sampling faster only repeats frames, and the
-# detector's cost grows linearly with fps. Counting and line crossing need 5-10.
-MAX_FPS: Final = 30.0
-
-DNS_LABEL_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-DNS_SUBDOMAIN_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-DATA_KEY_PATTERN: Final = r"^[-._a-zA-Z0-9]+$"
-CLASS_NAME_PATTERN: Final = r"^[a-z][a-z ]*[a-z]$"
-
-# A user (and maybe a password) before the host: scheme://user[:password]@host...
-_CREDENTIALS_IN_URL: Final = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#@]*@")
-SUPPORTED_SCHEMES: Final = ("rtsp://", "rtsps://", "http://", "https://", "file://")
+_CREDENTIALS_IN_URL: Final = re.compile(CREDENTIALS_IN_URL_PATTERN)
+SUPPORTED_SCHEMES: Final = tuple(f"{scheme}://" for scheme in SCHEMES)
 PROTOCOL_SCHEMES: Final[dict[str, tuple[str, ...]]] = {
     "rtsp": ("rtsp://",),
     "rtsps": ("rtsps://",),
@@ -43,7 +51,7 @@ def url_has_credentials(url: str) -> bool:
 def _check_fps(value: float) -> float:
     if not 0 < value <= MAX_FPS:
         raise ValueError(
-            "fps must be above 0 and at most 30: set it in that range, e.g. 5, "
+            f"fps must be above 0 and at most {MAX_FPS:g}: set it in that range, e.g. 5, "
             "or a fraction such as 0.2 for one frame every 5 seconds"
         )
     return value
@@ -90,7 +98,7 @@ DnsLabel = Annotated[str, Field(max_length=63, pattern=DNS_LABEL_PATTERN)]
 SecretName = Annotated[str, Field(max_length=253), AfterValidator(_check_secret_name)]
 SecretKey = Annotated[str, Field(max_length=253), AfterValidator(_check_secret_key)]
 ClassName = Annotated[str, Field(max_length=32, pattern=CLASS_NAME_PATTERN)]
-ClassNames = Annotated[tuple[ClassName, ...], Field(max_length=80), AfterValidator(_check_unique)]
+ClassNames = Annotated[tuple[ClassName, ...], Field(max_length=MAX_CLASSES), AfterValidator(_check_unique)]
 # [x, y]: x from 0 (left) to 1 (right), y from 0 (top) to 1 (bottom).
 Point = Annotated[tuple[float, float], AfterValidator(_check_point)]
 
@@ -120,16 +128,16 @@ class SourceTLS(ApiModel):
 
 
 class Resolution(ApiModel):
-    width: Annotated[int, Field(ge=16, le=8192)]
-    height: Annotated[int, Field(ge=16, le=8192)]
+    width: Annotated[int, Field(ge=MIN_RESOLUTION, le=MAX_RESOLUTION)]
+    height: Annotated[int, Field(ge=MIN_RESOLUTION, le=MAX_RESOLUTION)]
 
 
 class Source(ApiModel):
-    url: Annotated[str, Field(max_length=2048)]
+    url: Annotated[str, Field(max_length=MAX_URL)]
     protocol: SourceProtocol
     transport: Transport | None = None
     resolution: Resolution | None = None
-    max_sessions: Annotated[int, Field(ge=1, le=16)] = 1
+    max_sessions: Annotated[int, Field(ge=1, le=MAX_SESSIONS)] = 1
     credentials_secret_ref: CredentialsSecretRef | None = None
     tls: SourceTLS | None = None
 
@@ -175,7 +183,7 @@ class Detection(ApiModel):
 
 class Zone(ApiModel):
     name: DnsLabel
-    points: Annotated[tuple[Point, ...], Field(max_length=32)]
+    points: Annotated[tuple[Point, ...], Field(max_length=MAX_ZONE_POINTS)]
 
     @model_validator(mode="after")
     def _check_polygon(self) -> Zone:
@@ -204,13 +212,13 @@ class Line(ApiModel):
 class CameraSpec(ApiModel):
     site_ref: SiteRef
     paused: bool = False
-    priority: Annotated[int, Field(ge=0, le=100)] = 50
+    priority: Annotated[int, Field(ge=0, le=MAX_PRIORITY)] = 50
     dedicated_pod: bool = False
     source: Source
     sampling: Sampling | None = None
     detection: Detection | None = None
-    zones: Annotated[tuple[Zone, ...], Field(max_length=16)] = ()
-    lines: Annotated[tuple[Line, ...], Field(max_length=16)] = ()
+    zones: Annotated[tuple[Zone, ...], Field(max_length=MAX_ZONES)] = ()
+    lines: Annotated[tuple[Line, ...], Field(max_length=MAX_LINES)] = ()
 
     @model_validator(mode="after")
     def _check_names(self) -> CameraSpec:
@@ -233,4 +241,6 @@ class CameraStatus(ApiModel):
     frames_processed: Annotated[int, Field(ge=0)] | None = None
     frames_dropped: Annotated[int, Field(ge=0)] | None = None
     last_frame_time: datetime | None = None
-    detection_counts: Annotated[dict[str, Annotated[int, Field(ge=0)]], Field(max_length=80)] | None = None
+    detection_counts: (
+        Annotated[dict[str, Annotated[int, Field(ge=0)]], Field(max_length=MAX_CLASSES)] | None
+    ) = None

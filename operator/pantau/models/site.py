@@ -9,6 +9,14 @@ from pydantic import Field, model_validator
 
 from pantau.models.camera import ClassNames, DnsLabel, Fps, Score, has_duplicates, url_has_credentials
 from pantau.models.conditions import ApiModel, Conditions, Generation
+from pantau.models.limits import (
+    MAX_CAMERAS_PER_POD,
+    MAX_EVENT_SINKS,
+    MAX_FPS_PER_POD,
+    MAX_PODS,
+    MAX_URL,
+    WEBHOOK_URL_PATTERN,
+)
 
 # Kubernetes resource.Quantity, as the API server's own schema spells it.
 QUANTITY_PATTERN: Final = (
@@ -16,7 +24,6 @@ QUANTITY_PATTERN: Final = (
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 TRITON_ADDRESS_PATTERN: Final = r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?:[0-9]{1,5}$"
-WEBHOOK_URL_PATTERN: Final = r"^https?://[^/?#]+([/?#].*)?$"
 DEFAULT_CLASSES: Final = ("person", "bicycle", "car", "motorcycle", "bus", "truck")
 
 Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN)] | int
@@ -58,13 +65,13 @@ class Resources(ApiModel):
 
 
 class PodCapacity(ApiModel):
-    cameras: Annotated[int, Field(ge=1, le=64)] = 8
-    fps: Annotated[int, Field(ge=1, le=1000)] = 40
+    cameras: Annotated[int, Field(ge=1, le=MAX_CAMERAS_PER_POD)] = 8
+    fps: Annotated[int, Field(ge=1, le=MAX_FPS_PER_POD)] = 40
 
 
 class IngestPool(ApiModel):
-    min_pods: Annotated[int, Field(ge=0, le=64)] = 1
-    max_pods: Annotated[int, Field(ge=1, le=64)] = 4
+    min_pods: Annotated[int, Field(ge=0, le=MAX_PODS)] = 1
+    max_pods: Annotated[int, Field(ge=1, le=MAX_PODS)] = 4
     pod_capacity: PodCapacity = PodCapacity()
     image: Annotated[str, Field(max_length=512)] | None = None
     resources: Resources | None = None
@@ -92,7 +99,7 @@ class CameraDefaults(ApiModel):
 class EventSink(ApiModel):
     name: DnsLabel
     type: Literal["webhook", "stdout"]
-    url: Annotated[str, Field(max_length=2048)] | None = None
+    url: Annotated[str, Field(max_length=MAX_URL)] | None = None
 
     @model_validator(mode="after")
     def _check_url(self) -> EventSink:
@@ -122,7 +129,7 @@ class SiteSpec(ApiModel):
     ingest: IngestPool = IngestPool()
     inference: Inference | None = None
     camera_defaults: CameraDefaults = CameraDefaults()
-    event_sinks: Annotated[tuple[EventSink, ...], Field(max_length=8)] = ()
+    event_sinks: Annotated[tuple[EventSink, ...], Field(max_length=MAX_EVENT_SINKS)] = ()
 
     @model_validator(mode="after")
     def _check_sink_names(self) -> SiteSpec:

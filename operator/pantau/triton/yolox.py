@@ -2,7 +2,7 @@
 
 This file is shared verbatim by the ingest side (imported as `pantau.triton.yolox`) and by the
 Triton Python backend (the model builder copies it beside `model.py`), so it imports nothing
-but numpy and must keep working with numpy 1.x (the backend's) as well as 2.x.
+but numpy and the standard library and must keep working with numpy 1.x (the backend's) as well as 2.x.
 
 Facts of the YOLOX ONNX exports this follows (see the model's README in the shared data):
 BGR input, letterboxed at the top-left on a canvas of 114, pixel values 0..255 (no
@@ -11,6 +11,9 @@ normalisation); output rows are anchor points of strides 8, 16, 32, each row-maj
 """
 
 from __future__ import annotations
+
+import json
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -154,3 +157,55 @@ def pad_detections(
     out_classes = np.full((max_detections,), -1, dtype=np.int32)
     out_boxes[:n], out_scores[:n], out_classes[:n] = boxes[:n], scores[:n], classes[:n]
     return np.array([n], dtype=np.int32), out_boxes, out_scores, out_classes
+
+
+# The outputs of the detector models, in the order batch_outputs returns them.
+OUTPUT_NAMES = ("NUM_DETECTIONS", "BOXES", "SCORES", "CLASSES")
+
+
+def parameters(model_config: str) -> dict[str, str]:
+    """The `parameters` of a model's JSON configuration, as name -> string value."""
+    return {k: v["string_value"] for k, v in json.loads(model_config)["parameters"].items()}
+
+
+@dataclass(frozen=True)
+class PostParams:
+    """The post-processing parameters a Triton model's config carries (see contract.py)."""
+
+    size: int
+    score_threshold: float
+    iou_threshold: float
+    max_detections: int
+
+    @classmethod
+    def from_model_config(cls, model_config: str) -> PostParams:
+        """From the JSON model configuration Triton hands a Python-backend model."""
+        return cls.from_config(parameters(model_config))
+
+    @classmethod
+    def from_config(cls, parameters: dict[str, str]) -> PostParams:
+        return cls(
+            size=int(parameters["input_size"]),
+            score_threshold=float(parameters["score_threshold"]),
+            iou_threshold=float(parameters["iou_threshold"]),
+            max_detections=int(parameters["max_detections"]),
+        )
+
+
+def batch_outputs(raw: np.ndarray, orig_hw: np.ndarray, params: PostParams) -> list[np.ndarray]:
+    """A batch's raw rows -> the four batched outputs (count, boxes, scores, classes) of a response."""
+    per_image = [
+        pad_detections(
+            *postprocess(
+                row,
+                params.size,
+                (int(h), int(w)),
+                params.score_threshold,
+                params.iou_threshold,
+                params.max_detections,
+            ),
+            params.max_detections,
+        )
+        for row, (h, w) in zip(raw, orig_hw, strict=True)
+    ]
+    return [np.stack(column) for column in zip(*per_image, strict=True)]

@@ -6,7 +6,6 @@ The builder copies this file and `yolox.py` (the shared pre/post-processing) int
 folder, beside `model.onnx` (already batch-dynamic, uint8 NHWC input).
 """
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -23,11 +22,8 @@ import yolox
 
 class TritonPythonModel:
     def initialize(self, args):
-        params = {k: v["string_value"] for k, v in json.loads(args["model_config"])["parameters"].items()}
-        self.size = int(params["input_size"])
-        self.score = float(params["score_threshold"])
-        self.iou = float(params["iou_threshold"])
-        self.max_det = int(params["max_detections"])
+        params = yolox.parameters(args["model_config"])
+        self.post = yolox.PostParams.from_config(params)
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
         onnx_path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
@@ -40,21 +36,11 @@ class TritonPythonModel:
         raw = self.session.run(["RAW"], {"IMAGES": np.concatenate(images)})[0]
         responses, start = [], 0
         for batch, hw in zip(images, sizes, strict=True):
-            per_image = [
-                yolox.pad_detections(
-                    *yolox.postprocess(
-                        raw[start + i], self.size, (int(h), int(w)), self.score, self.iou, self.max_det
-                    ),
-                    self.max_det,
-                )
-                for i, (h, w) in enumerate(hw)
-            ]
+            outputs = yolox.batch_outputs(raw[start : start + len(batch)], hw, self.post)
             start += len(batch)
-            outputs = [np.stack(column) for column in zip(*per_image, strict=True)]
-            names = ("NUM_DETECTIONS", "BOXES", "SCORES", "CLASSES")
             responses.append(
                 pb_utils.InferenceResponse(
-                    [pb_utils.Tensor(n, o) for n, o in zip(names, outputs, strict=True)]
+                    [pb_utils.Tensor(n, o) for n, o in zip(yolox.OUTPUT_NAMES, outputs, strict=True)]
                 )
             )
         return responses

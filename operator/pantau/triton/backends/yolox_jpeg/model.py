@@ -3,7 +3,6 @@ shared numpy code and calls `yolox` (business-logic scripting), so both entry po
 detector's dynamic batcher. Needs Pillow for JPEG decoding."""
 
 import io
-import json
 import os
 import sys
 
@@ -14,7 +13,7 @@ import triton_python_backend_utils as pb_utils
 import yolox
 from PIL import Image
 
-OUTPUTS = ("NUM_DETECTIONS", "BOXES", "SCORES", "CLASSES")
+OUTPUTS = yolox.OUTPUT_NAMES
 
 
 def decode_letterboxed(data, size):
@@ -30,8 +29,7 @@ def decode_letterboxed(data, size):
 
 class TritonPythonModel:
     def initialize(self, args):
-        params = {k: v["string_value"] for k, v in json.loads(args["model_config"])["parameters"].items()}
-        self.size = int(params["input_size"])
+        self.size = int(yolox.parameters(args["model_config"])["input_size"])
 
     def execute(self, requests):
         responses = []

@@ -17,6 +17,7 @@ import time
 import traceback
 import wave
 from collections.abc import Callable, Iterator
+from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -662,7 +663,7 @@ def test_rtsps_verifies_the_certificate_unless_insecure(tls_server: tuple[int, l
     url = f"rtsps://127.0.0.1:{port}/live"
     with pytest.raises(SourceError) as info:
         open_source(SourceConfig(url, "rtsps", 1.0, open_timeout=3.0, read_timeout=2.0), Recorder())
-    assert info.value.reason == "Unreachable"
+    assert info.value.reason == "TLSVerifyFailed"
     assert "certificate" in str(info.value)
     assert not any(received), "nothing may be sent to an unverified server"
 
@@ -670,3 +671,147 @@ def test_rtsps_verifies_the_certificate_unless_insecure(tls_server: tuple[int, l
     with pytest.raises(SourceError):  # the listener speaks TLS, not RTSP
         open_source(insecure, Recorder())
     assert any(data.startswith(b"OPTIONS rtsps://") for data in received)
+
+
+# ----- TLS with a camera's own CA (spec.source.tls.caSecretRef and serverName) ----------------------
+
+CAMERA_NAME = "camera.pantau.test"  # the name in the camera's certificate; the URL says 127.0.0.1
+
+
+def _ca_and_leaf(tmp_path: Path) -> tuple[str, ssl.SSLContext]:
+    """A test CA (PEM) and a server context whose certificate the CA issued for CAMERA_NAME only."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pantau test camera CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CAMERA_NAME)]))
+        .issuer_name(ca_name)
+        .public_key(leaf_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(CAMERA_NAME)]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    (tmp_path / "leaf.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "leaf.key").write_bytes(
+        leaf_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(tmp_path / "leaf.pem", tmp_path / "leaf.key")
+    return ca.public_bytes(serialization.Encoding.PEM).decode(), server
+
+
+class _Snapshot(BaseHTTPRequestHandler):
+    """One JPEG per GET (vtest's first frame)."""
+
+    jpeg = b""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", str(len(self.jpeg)))
+        self.end_headers()
+        self.wfile.write(self.jpeg)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def https_snapshot(tmp_path: Path, vtest: Path) -> Iterator[tuple[str, str]]:
+    """An HTTPS snapshot camera whose certificate a test CA issued; yields (URL, CA PEM)."""
+    with av.open(str(vtest)) as clip:
+        frame = next(clip.decode(video=0))
+    _Snapshot.jpeg = _jpeg(frame)
+    ca_pem, context = _ca_and_leaf(tmp_path)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Snapshot)
+    server.daemon_threads = True
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{server.server_port}/snapshot.jpg", ca_pem
+    server.shutdown()
+    server.server_close()
+
+
+def _jpeg(frame: av.VideoFrame) -> bytes:
+    codec = av.CodecContext.create("mjpeg", "w")
+    codec.width, codec.height, codec.pix_fmt = frame.width, frame.height, "yuvj420p"
+    codec.time_base = Fraction(1, 25)
+    packets = codec.encode(frame.reformat(format="yuvj420p")) + codec.encode(None)
+    return b"".join(bytes(p) for p in packets)
+
+
+def test_https_camera_is_verified_with_its_own_ca_and_server_name(https_snapshot: tuple[str, str]) -> None:
+    url, ca_pem = https_snapshot
+    trusted = SourceConfig(url, "http-snapshot", 2.0, tls_ca=ca_pem, tls_server_name=CAMERA_NAME)
+    with open_source(trusted, Recorder()) as source:
+        assert source.read().image.shape == (120, 160, 3)
+    for untrusted in (
+        SourceConfig(url, "http-snapshot", 2.0, read_timeout=2.0),  # the system CAs do not know it
+        SourceConfig(url, "http-snapshot", 2.0, read_timeout=2.0, tls_ca=ca_pem),  # 127.0.0.1 is not its name
+    ):
+        with pytest.raises(SourceError) as info, open_source(untrusted, Recorder()) as source:
+            source.read()
+        assert info.value.reason == "TLSVerifyFailed", str(info.value)
+    assert "BEGIN CERTIFICATE" not in repr(trusted), "the CA is data from a Secret: not in reprs"
+
+
+def test_rtsps_camera_is_verified_with_its_own_ca_and_server_name(tmp_path: Path) -> None:
+    ca_pem, context = _ca_and_leaf(tmp_path)
+    listener = socket.create_server(("127.0.0.1", 0))
+    received: list[bytes] = []
+
+    def serve() -> None:
+        for _ in range(3):
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(2.0)
+                try:
+                    with context.wrap_socket(conn, server_side=True) as tls:
+                        received.append(tls.recv(4096))
+                except OSError:
+                    received.append(b"")  # the client refused our certificate
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    url = f"rtsps://127.0.0.1:{listener.getsockname()[1]}/live"
+    try:
+        for ca, name in ((None, None), (ca_pem, None)):
+            cfg = SourceConfig(
+                url, "rtsps", 1.0, open_timeout=3.0, read_timeout=2.0, tls_ca=ca, tls_server_name=name
+            )
+            with pytest.raises(SourceError) as info:
+                open_source(cfg, Recorder())
+            assert info.value.reason == "TLSVerifyFailed"
+        good = SourceConfig(
+            url, "rtsps", 1.0, open_timeout=3.0, read_timeout=2.0, tls_ca=ca_pem, tls_server_name=CAMERA_NAME
+        )
+        with pytest.raises(SourceError) as info:  # verified; then FFmpeg speaks RTSP to a silent peer
+            open_source(good, Recorder())
+        assert info.value.reason != "TLSVerifyFailed"
+    finally:
+        thread.join(10)
+        listener.close()
+    assert received[:2] == [b"", b""], "nothing may be sent to an unverified server"

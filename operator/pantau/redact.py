@@ -1,7 +1,9 @@
-"""Keep camera credentials out of logs, exception messages and reprs.
+"""Keep camera credentials out of logs, exception messages, reprs and span attributes: the only
+module that redacts.
 
-`redact_url` is for URLs we display; `scrub` is for text we did not write (FFmpeg and httpx error
-strings can echo the URL they were given, credentials included).
+`redact_url` is for URLs we display (and any text with URLs in it); `scrub` is for text we did not
+write (FFmpeg and httpx error strings can echo the URL they were given, credentials included);
+`has_credentials` tells whether a text needs either.
 """
 
 from __future__ import annotations
@@ -29,11 +31,23 @@ _SECRET_QUERY: Final = re.compile(
 def redact_url(url: str) -> str:
     """`url` with any user info replaced by REDACTED:REDACTED and secret-looking query values hidden.
 
+    `url` may also be a text with URLs in it (an error message): every one of them is redacted.
+
     >>> redact_url("rtsp://admin:hunter2@10.0.0.5:554/Streaming/101")
     'rtsp://REDACTED:REDACTED@10.0.0.5:554/Streaming/101'
     """
     text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{REDACTED_USERINFO}@", url)
     return _SECRET_QUERY.sub(lambda m: f"{m['key']}{REDACTED}", text)
+
+
+def has_userinfo(text: str) -> bool:
+    """Whether `text` holds a URL with a user name or password in it (scheme://user[:password]@host)."""
+    return _URL_USERINFO.search(text) is not None
+
+
+def has_credentials(text: str) -> bool:
+    """Whether `text` holds what `redact_url` hides: URL user info or a secret-looking query value."""
+    return has_userinfo(text) or _SECRET_QUERY.search(text) is not None
 
 
 def _variants(secret: str) -> set[str]:

@@ -13,7 +13,8 @@ PROTOCOL`: `grpc` or `http/protobuf`). Without an endpoint spans are still creat
 carries a `traceparent`. Nothing here reads the environment at import time.
 
 Span attributes never hold secrets: helpers here set only keys from an allow-list, and drop any value
-that contains a URL with a user name or password.
+in which `pantau.redact.has_credentials` finds a credential (URL user info, or a secret-looking query
+value such as `?password=` or `?token=`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
+
+from pantau.redact import has_credentials
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +93,6 @@ TRACEPARENT: Final = "traceparent"
 TRACESTATE: Final = "tracestate"
 INSTRUMENTATION_NAME: Final = "pantau.ingest"
 
-# A URL with userinfo anywhere in a text: scheme://user[:password]@host
-_URL_WITH_USERINFO: Final = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#@\s]*@")
-REDACTED_USERINFO: Final = "REDACTED:REDACTED@"
-
 _PROTOCOLS: Final = ("grpc", "http/protobuf")
 DEFAULT_PROTOCOL: Final = "grpc"
 
@@ -101,25 +100,15 @@ DEFAULT_PROTOCOL: Final = "grpc"
 # ----- secrets -----
 
 
-def has_url_credentials(text: str) -> bool:
-    """Whether `text` contains a URL with a user name or password in it."""
-    return _URL_WITH_USERINFO.search(text) is not None
-
-
-def redact_urls(text: str) -> str:
-    """`text` with the userinfo of every URL in it replaced by `REDACTED:REDACTED@`."""
-    return _URL_WITH_USERINFO.sub(lambda m: m.group(1) + REDACTED_USERINFO, text)
-
-
 def _safe_value(value: object) -> AttributeValue | None:
-    """`value` as an attribute value, or None when it is not a valid one or holds a credential URL."""
+    """`value` as an attribute value, or None when it is not a valid one or holds a credential."""
     if isinstance(value, bool | int | float):
         return value
     if isinstance(value, str):
-        return None if has_url_credentials(value) else value
+        return None if has_credentials(value) else value
     if isinstance(value, list | tuple):
         if all(isinstance(v, str) for v in value):
-            return None if any(has_url_credentials(v) for v in value) else [str(v) for v in value]
+            return None if any(has_credentials(v) for v in value) else [str(v) for v in value]
         if all(isinstance(v, bool) for v in value):
             return [bool(v) for v in value]
         if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
@@ -135,7 +124,7 @@ def is_allowed_key(key: str) -> bool:
 
 def safe_attributes(attributes: Mapping[str, object]) -> dict[str, AttributeValue]:
     """The attributes that may go on a span: allow-listed keys only, OTel value types only, and no value
-    that contains a URL with a user name or password (a camera URL can embed its password)."""
+    that holds a credential (a camera URL can embed its password, in its user info or its query)."""
     safe: dict[str, AttributeValue] = {}
     for key, value in attributes.items():
         if not is_allowed_key(key):
@@ -219,7 +208,7 @@ def setup_tracing(service_name: str, resource_attributes: Mapping[str, str]) -> 
     site and pod) are merged over `OTEL_RESOURCE_ATTRIBUTES`. The provider is not installed globally:
     pass it (or its tracer) to the code that traces. Call `shutdown(provider)` at exit."""
     attributes: dict[str, AttributeValue] = {
-        key: value for key, value in resource_attributes.items() if not has_url_credentials(value)
+        key: value for key, value in resource_attributes.items() if not has_credentials(value)
     }
     if _env("OTEL_SERVICE_NAME") is None:
         attributes["service.name"] = service_name

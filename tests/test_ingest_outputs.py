@@ -8,6 +8,7 @@ import asyncio
 import io
 import json
 import logging
+import math
 import re
 import time
 import uuid
@@ -25,6 +26,8 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Metric, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pantau import telemetry
 from pantau.contract import CameraStatusReport, LatencySummary, PodStatusReport, TritonReport
@@ -39,7 +42,10 @@ from pantau.ingest.events import (
     MultiSink,
     WebhookSink,
 )
-from pantau.ingest.server import IngestServer, render_metrics, serve
+from pantau.ingest.latency import LATENCY_BUCKETS, LatencyHistogram
+from pantau.ingest.pipeline import CameraStats
+from pantau.ingest.server import IngestServer, make_app, metrics_registry, render_metrics, serve
+from pantau.redact import has_credentials, redact_url
 from pantau_dev.net import free_port
 from pantau_dev.procs import wait_for
 from pantau_dev.stack import StackInfo
@@ -494,8 +500,8 @@ def test_safe_attributes_drops_credentials_and_unknown_keys() -> None:
         "server.address": "rtsp://10.0.0.9:554/stream",
         "pantau.detections.person": 2,
     }
-    assert telemetry.has_url_credentials("rtsp://admin:hunter2@cam/")
-    assert telemetry.redact_urls("failed: rtsp://admin:pw@10.0.0.9/s and http://x@h/") == (
+    assert has_credentials("rtsp://admin:hunter2@cam/")
+    assert redact_url("failed: rtsp://admin:pw@10.0.0.9/s and http://x@h/") == (
         "failed: rtsp://REDACTED:REDACTED@10.0.0.9/s and http://REDACTED:REDACTED@h/"
     )
 
@@ -637,27 +643,48 @@ def pod_report() -> PodStatusReport:
     )
 
 
-def parse_metrics(text: str) -> tuple[dict[str, str], dict[tuple[str, frozenset[tuple[str, str]]], float]]:
-    """The text exposition format, strictly enough to catch a malformed line: types and samples."""
-    types: dict[str, str] = {}
-    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
-    sample = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$")
-    label = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(,|$)')
-    for line in text.splitlines():
-        if line.startswith("# TYPE "):
-            _, _, name, kind = line.split(" ")
-            types[name] = kind
-        elif line.startswith("# HELP "):
-            continue
-        else:
-            m = sample.match(line)
-            assert m, f"malformed line: {line!r}"
-            labels = frozenset(
-                (k, v.replace('\\"', '"').replace("\\\\", "\\"))
-                for k, v, _ in label.findall(m.group(3) or "")
-            )
-            samples[(m.group(1), labels)] = float(m.group(4))
-    return types, samples
+CAMERA = "bengkulu/pasar-minggu"
+# Observations in seconds: one below the first bound, one exactly on a bound (le is "<="), one above the
+# last bound (only +Inf holds it).
+LATENCIES = (0.004, 0.005, 0.012, 0.03, 0.03, 0.3, 7.0)
+
+
+def latency_histograms() -> dict[str, LatencyHistogram]:
+    histogram = LatencyHistogram()
+    for seconds in LATENCIES:
+        histogram.observe(seconds)
+    return {CAMERA: histogram}
+
+
+def parse_metrics(text: str) -> dict[str, Metric]:
+    """The exposition parsed by prometheus_client's own parser (it refuses a malformed line), by family.
+    The parser names a counter family without its `_total`; the samples keep it."""
+    families = list(text_string_to_metric_families(text))
+    names = [f.name for f in families]
+    assert len(names) == len(set(names)), f"a family is written twice: {names}"
+    return {f.name: f for f in families}
+
+
+def value(family: Metric, sample: str, **labels: str) -> float:
+    """The one sample of `family` named `sample` with exactly these labels."""
+    found = [s.value for s in family.samples if s.name == sample and s.labels == labels]
+    assert len(found) == 1, f"{sample}{labels}: {len(found)} samples in {family.samples}"
+    return found[0]
+
+
+def check_histogram(family: Metric, camera: str) -> list[tuple[float, float]]:
+    """The camera's buckets, checked: ascending bounds ending at +Inf, cumulative counts, +Inf == _count."""
+    buckets = [
+        (float(s.labels["le"]), s.value)
+        for s in family.samples
+        if s.name == f"{family.name}_bucket" and s.labels["camera"] == camera
+    ]
+    bounds, counts = [b for b, _ in buckets], [c for _, c in buckets]
+    assert bounds == sorted(bounds)
+    assert bounds[-1] == math.inf
+    assert counts == sorted(counts), f"bucket counts are not cumulative: {counts}"
+    assert counts[-1] == value(family, f"{family.name}_count", camera=camera)
+    return buckets
 
 
 def test_reports_redact_urls_and_messages() -> None:
@@ -669,29 +696,113 @@ def test_reports_redact_urls_and_messages() -> None:
         camera_report("x", "Backoff", reason="auth failed")
 
 
-def test_metrics_text_is_valid_and_complete() -> None:
-    types, samples = parse_metrics(render_metrics(pod_report()))
-    cam = ("camera", "bengkulu/pasar-minggu")
-    assert types["pantau_frames_processed_total"] == "counter"
-    assert types["pantau_inference_latency_seconds"] == "summary"
-    assert samples[("pantau_frames_processed_total", frozenset({cam}))] == 1200
-    assert samples[("pantau_frames_dropped_total", frozenset({cam, ("reason", "QueueFull")}))] == 3
-    assert samples[("pantau_detections_total", frozenset({cam, ("class", "person")}))] == 310
-    assert samples[("pantau_camera_fps", frozenset({cam}))] == 4.8
-    assert samples[("pantau_camera_streaming", frozenset({cam}))] == 1
-    assert samples[("pantau_camera_streaming", frozenset({("camera", "bengkulu/simpang-lima")}))] == 0
+def test_latency_histogram_counts_per_bucket_and_refuses_bad_bounds() -> None:
+    histogram = latency_histograms()[CAMERA]
+    assert histogram.bounds == LATENCY_BUCKETS
+    assert LATENCY_BUCKETS[0] == 0.005
+    assert LATENCY_BUCKETS[-1] == 5.0
+    assert histogram.count == len(LATENCIES)
+    assert histogram.sum_seconds == pytest.approx(sum(LATENCIES))
+    cumulative = dict(histogram.cumulative())
+    assert cumulative[0.005] == 2  # 0.004 and 0.005 (on the bound)
+    assert cumulative[0.02] == 3
+    assert cumulative[0.05] == 5
+    assert cumulative[5.0] == 6
+    assert cumulative[math.inf] == 7
+    for bounds in ((), (0.1, 0.05), (0.1, 0.1), (0.1, math.inf)):
+        with pytest.raises(ValueError, match="bounds"):
+            LatencyHistogram(bounds=bounds)
+
+
+def test_camera_stats_keep_the_quantiles_and_the_histogram() -> None:
+    stats = CameraStats()
+    assert stats.latency() is None
+    for seconds in LATENCIES:
+        stats.observe_latency(seconds)
+    quantiles = stats.latency()  # milliseconds, for /status
+    assert quantiles is not None
+    assert quantiles[0] == pytest.approx(30.0)
+    assert 300 < quantiles[1] < 7000
+    assert stats.latency_histogram.count == len(LATENCIES)
+
+
+def test_metrics_families_types_and_labels() -> None:
+    families = parse_metrics(render_metrics(pod_report(), latency_histograms()))
+    counters = {"frames_processed", "frames_dropped", "detections", "events_published", "events_delivered"}
+    counters |= {"events_retries", "events_dropped"}
+    gauges = {"camera_streaming", "camera_state", "camera_fps", "camera_last_frame_timestamp_seconds"}
+    gauges |= {"triton_reachable", "ingest_cameras", "ingest_start_time_seconds", "events_pending"}
+    expected = {f"pantau_{n}": "counter" for n in counters} | {f"pantau_{n}": "gauge" for n in gauges}
+    expected["pantau_inference_latency_seconds"] = "histogram"
+    assert {name: f.type for name, f in families.items()} == expected
+    for name, kind in expected.items():
+        if kind == "counter":
+            assert {s.name for s in families[name].samples} <= {f"{name}_total"}, name
+
+    other = "bengkulu/simpang-lima"
+    assert value(families["pantau_frames_processed"], "pantau_frames_processed_total", camera=CAMERA) == 1200
+    dropped = families["pantau_frames_dropped"]
+    assert value(dropped, "pantau_frames_dropped_total", camera=CAMERA, reason="QueueFull") == 3
+    assert value(dropped, "pantau_frames_dropped_total", camera=CAMERA, reason="Timeout") == 1
+    detections = families["pantau_detections"]
+    assert value(detections, "pantau_detections_total", camera=CAMERA, **{"class": "person"}) == 310
+    assert value(families["pantau_camera_fps"], "pantau_camera_fps", camera=CAMERA) == 4.8
+    streaming = families["pantau_camera_streaming"]
+    assert value(streaming, "pantau_camera_streaming", camera=CAMERA) == 1
+    assert value(streaming, "pantau_camera_streaming", camera=other) == 0
+    states = {
+        s.labels["state"]: s.value
+        for s in families["pantau_camera_state"].samples
+        if s.labels["camera"] == other
+    }
+    assert states == {"Starting": 0, "Streaming": 0, "Backoff": 1, "Stopped": 0, "Failed": 0}
+    last_frame = families["pantau_camera_last_frame_timestamp_seconds"]
+    assert [s.labels for s in last_frame.samples] == [{"camera": CAMERA}]  # the other has no frame yet
     assert (
-        samples[
-            ("pantau_camera_state", frozenset({("camera", "bengkulu/simpang-lima"), ("state", "Backoff")}))
-        ]
-        == 1
+        value(last_frame, last_frame.name, camera=CAMERA)
+        == datetime(2024, 5, 1, 3, 4, 5, tzinfo=UTC).timestamp()
     )
-    assert samples[("pantau_inference_latency_seconds", frozenset({cam, ("quantile", "0.99")}))] == 0.04
-    assert samples[("pantau_inference_latency_seconds_count", frozenset({cam}))] == 1200
-    assert samples[("pantau_inference_latency_seconds_sum", frozenset({cam}))] == 16.0
-    assert samples[("pantau_triton_reachable", frozenset())] == 1
-    assert samples[("pantau_events_pending", frozenset({("sink", "city-hall")}))] == 0
-    assert "hunter2" not in render_metrics(pod_report())
+    assert value(families["pantau_triton_reachable"], "pantau_triton_reachable") == 1
+    assert value(families["pantau_ingest_cameras"], "pantau_ingest_cameras") == 2
+    assert value(families["pantau_events_pending"], "pantau_events_pending", sink="city-hall") == 0
+    assert value(families["pantau_events_published"], "pantau_events_published_total", sink="city-hall") == 0
+
+
+def test_metrics_latency_is_a_cumulative_histogram_per_camera() -> None:
+    family = parse_metrics(render_metrics(pod_report(), latency_histograms()))[
+        "pantau_inference_latency_seconds"
+    ]
+    buckets = check_histogram(family, CAMERA)
+    assert [b for b, _ in buckets] == [*LATENCY_BUCKETS, math.inf]
+    assert dict(buckets)[0.005] == 2  # an observation on a bound counts in that bucket
+    assert dict(buckets)[5.0] == 6
+    assert dict(buckets)[math.inf] == 7
+    assert value(family, f"{family.name}_count", camera=CAMERA) == len(LATENCIES)
+    assert value(family, f"{family.name}_sum", camera=CAMERA) == pytest.approx(sum(LATENCIES))
+    # A camera without a histogram (no frame inferred yet) has no series at all.
+    assert {s.labels["camera"] for s in family.samples} == {CAMERA}
+    # Without histograms the family is still declared, empty.
+    bare = parse_metrics(render_metrics(pod_report()))["pantau_inference_latency_seconds"]
+    assert bare.type == "histogram"
+    assert bare.samples == []
+
+
+def test_metrics_never_show_a_camera_password_and_escape_label_values() -> None:
+    report = pod_report()
+    odd = camera_report('say "hi"\\there', "Streaming", frames_processed=1)
+    report = report.model_copy(update={"cameras": [*report.cameras, odd]})
+    text = render_metrics(report, latency_histograms())
+    assert "hunter2" not in text
+    families = parse_metrics(text)
+    processed = families["pantau_frames_processed"]
+    assert value(processed, "pantau_frames_processed_total", camera='bengkulu/say "hi"\\there') == 1
+
+
+def test_each_app_has_its_own_registry() -> None:
+    for _ in range(2):  # a second registry for the same pod is no duplicate
+        assert b"pantau_ingest_cameras 2.0" in generate_latest(metrics_registry(pod_report))
+    make_app(pod_report, ready=lambda: True, healthy=lambda: True)
+    assert b"pantau_" not in generate_latest(REGISTRY)  # the process-wide default stays untouched
 
 
 @pytest.mark.integration
@@ -701,7 +812,9 @@ async def test_endpoints_answer_health_readiness_status_and_metrics() -> None:
     def snapshot() -> PodStatusReport:
         return pod_report()
 
-    server = await serve("127.0.0.1", 0, snapshot, ready=lambda: ready, healthy=lambda: True)
+    server = await serve(
+        "127.0.0.1", 0, snapshot, ready=lambda: ready, healthy=lambda: True, latency=latency_histograms
+    )
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=5) as http:
             assert (await http.get("/healthz")).status_code == 200
@@ -718,20 +831,16 @@ async def test_endpoints_answer_health_readiness_status_and_metrics() -> None:
 
             metrics = await http.get("/metrics")
             assert metrics.status_code == 200
-            assert metrics.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
-            types, samples = parse_metrics(metrics.text)
-            for name in (
-                "pantau_frames_processed_total",
-                "pantau_frames_dropped_total",
-                "pantau_detections_total",
-                "pantau_camera_streaming",
-                "pantau_camera_fps",
-                "pantau_inference_latency_seconds",
-            ):
-                assert name in types, name
-            label_sets = {frozenset(name for name, _ in labels) for (_, labels) in samples}
+            assert metrics.headers["content-type"] == CONTENT_TYPE_LATEST
+            assert "hunter2" not in metrics.text
+            families = parse_metrics(metrics.text)
+            assert families["pantau_frames_processed"].type == "counter"
+            assert families["pantau_camera_fps"].type == "gauge"
+            check_histogram(families["pantau_inference_latency_seconds"], CAMERA)
+            label_sets = {frozenset(s.labels) for f in families.values() for s in f.samples}
             assert frozenset({"camera", "reason"}) in label_sets
             assert frozenset({"camera", "class"}) in label_sets
+            assert frozenset({"camera", "le"}) in label_sets
             assert (await http.get("/nothing")).status_code == 404
     finally:
         await server.aclose()

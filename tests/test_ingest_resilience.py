@@ -37,8 +37,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
 from pantau import telemetry
-from pantau.contract import IngestSettings
-from pantau.ingest.app import LABEL_SHARD, IngestApp
+from pantau.contract import LABEL_SHARD, IngestSettings
+from pantau.ingest.app import IngestApp
 from pantau.ingest.events import EventSink, JsonLinesSink, MultiSink, WebhookSink
 from pantau.ingest.pipeline import AUTH_FAILURES_BEFORE_SLOWDOWN, CameraWorker, Credentials, PodContext
 from pantau.ingest.server import IngestServer
@@ -672,7 +672,9 @@ async def test_canary_password_never_leaves_the_secret(
         ):
             ctx = pod_context(detector, sink, telemetry.get_tracer(provider))
             app = IngestApp(settings, kube, ctx)
-            ingest = IngestServer(app.snapshot, ready=lambda: True, healthy=lambda: True, port=0)
+            ingest = IngestServer(
+                app.snapshot, ready=lambda: True, healthy=lambda: True, port=0, latency=app.latency
+            )
             async with ingest, httpx.AsyncClient(base_url=ingest.url, timeout=10) as http:
 
                 async def scrape(when: str) -> None:

@@ -11,9 +11,8 @@ from __future__ import annotations
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-import click
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from pantau.handlers.cli import operator
 from pantau.ingest.cli import ingest
@@ -22,7 +21,11 @@ from pantau.triton.cli import detect, model_app
 PLUGIN_GROUP = "pantau.commands"
 
 
-class _PluginStub(click.Command):
+# Typer may vendor its own click: contexts and commands are typed Any here so this module does not
+# depend on which click that is.
+
+
+class _PluginStub(TyperCommand):
     """Stands for a plugin's command in listings without importing it."""
 
     def __init__(self, entry: EntryPoint) -> None:
@@ -35,18 +38,16 @@ class PantauGroup(TyperGroup):
     def _plugins(self) -> dict[str, EntryPoint]:
         return {e.name: e for e in entry_points(group=PLUGIN_GROUP) if e.name not in self.commands}
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: Any) -> list[str]:
         return [*super().list_commands(ctx), *sorted(self._plugins())]
 
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
         found = super().get_command(ctx, cmd_name)
         if found is None and (entry := self._plugins().get(cmd_name)) is not None:
             return _PluginStub(entry)
         return found
 
-    def resolve_command(
-        self, ctx: click.Context, args: list[str]
-    ) -> tuple[str | None, click.Command | None, list[str]]:
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
         name, command, rest = super().resolve_command(ctx, args)
         if isinstance(command, _PluginStub):  # about to run: now load the real one
             loaded: Any = command.entry.load()

@@ -20,9 +20,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from pantau import telemetry
-from pantau.contract import LABEL_SHARD, CameraStatusReport, IngestSettings, PodStatusReport
+from pantau.contract import LABEL_SHARD, CameraStatusReport, IngestSettings, LatencySummary, PodStatusReport
 from pantau.ingest.events import EventSink, JsonLinesSink, MultiSink, WebhookSink
-from pantau.ingest.pipeline import CameraWorker, Credentials, PodContext
+from pantau.ingest.latency import LatencyHistogram
+from pantau.ingest.pipeline import CameraStats, CameraWorker, Credentials, PodContext
 from pantau.ingest.server import serve
 from pantau.k8s.api import ApiError, KubeApi
 from pantau.models import GROUP, VERSION
@@ -43,6 +44,17 @@ def _sinks(settings: IngestSettings) -> EventSink:
     return MultiSink(sinks) if len(sinks) != 1 else sinks[0]
 
 
+def _latency_summary(stats: CameraStats) -> LatencySummary | None:
+    """Recent p50 and p99, with the count and sum of every frame since the worker started."""
+    quantiles = stats.latency()
+    if quantiles is None:
+        return None
+    histogram = stats.latency_histogram
+    return LatencySummary(
+        p50=quantiles[0], p99=quantiles[1], count=histogram.count, sum_ms=histogram.sum_seconds * 1000
+    )
+
+
 class IngestApp:
     def __init__(self, settings: IngestSettings, api: KubeApi, ctx: PodContext) -> None:
         self.settings, self.api, self.ctx = settings, api, ctx
@@ -50,18 +62,26 @@ class IngestApp:
         self.started_at = datetime.now(UTC)
         self.watching = False
 
+    async def _secret_value(self, name: str, key: str) -> str | None:
+        secret = await self.api.get("v1", "Secret", self.settings.namespace, name)
+        value = (secret or {}).get("data", {}).get(key)
+        return base64.b64decode(value).decode() if value is not None else None
+
     async def _credentials(self, spec: CameraSpec) -> Credentials | None:
-        ref = spec.source.credentials_secret_ref
-        if ref is None:
+        """The camera's login and TLS CA from the Secrets it names (None: it names none)."""
+        ref, tls = spec.source.credentials_secret_ref, spec.source.tls
+        ca_ref = tls.ca_secret_ref if tls else None
+        if ref is None and ca_ref is None:
             return None
-        secret = await self.api.get("v1", "Secret", self.settings.namespace, ref.name)
-        if secret is None:
-            return None
-        data = secret.get("data") or {}
-        user, password = data.get(ref.username_key), data.get(ref.password_key)
-        if user is None or password is None:
-            return None
-        return Credentials(base64.b64decode(user).decode(), base64.b64decode(password).decode())
+        user = password = ca = None
+        if ref is not None:
+            user = await self._secret_value(ref.name, ref.username_key)
+            password = await self._secret_value(ref.name, ref.password_key)
+            if user is None or password is None:
+                user = password = None
+        if ca_ref is not None:
+            ca = await self._secret_value(ca_ref.name, ca_ref.key)
+        return Credentials(user, password, ca)
 
     async def apply(self, kind: str, obj: dict[str, Any]) -> None:
         name = obj["metadata"]["name"]
@@ -124,7 +144,6 @@ class IngestApp:
         cameras = []
         for name, w in sorted(self.workers.items()):
             s = w.stats
-            latency = s.latency()
             cameras.append(
                 CameraStatusReport(
                     namespace=self.settings.namespace,
@@ -137,7 +156,7 @@ class IngestApp:
                     frames_processed=s.frames_processed,
                     frames_dropped=dict(s.dropped),
                     detections=dict(s.detections),
-                    inference_latency_ms={"p50": latency[0], "p99": latency[1]} if latency else None,
+                    inference_latency_ms=_latency_summary(s),
                     url=redact_url(w.spec.source.url),
                 )
             )
@@ -149,6 +168,12 @@ class IngestApp:
             cameras=cameras,
             triton={"address": self.settings.triton_address, "reachable": True},
         )
+
+    def latency(self) -> dict[str, LatencyHistogram]:
+        """Each camera's inference latency histogram, by "namespace/name" (as in the snapshot)."""
+        return {
+            f"{self.settings.namespace}/{name}": w.stats.latency_histogram for name, w in self.workers.items()
+        }
 
 
 async def main(settings: IngestSettings) -> None:
@@ -186,7 +211,12 @@ async def main(settings: IngestSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server = await serve(
-        settings.pod_ip, settings.port, app.snapshot, ready=lambda: app.watching, healthy=lambda: True
+        settings.pod_ip,
+        settings.port,
+        app.snapshot,
+        ready=lambda: app.watching,
+        healthy=lambda: True,
+        latency=app.latency,
     )
     tasks = [asyncio.create_task(app.watch()), asyncio.create_task(app.refresh_secrets())]
     await stop.wait()

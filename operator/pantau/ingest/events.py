@@ -38,7 +38,7 @@ import httpx
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 from pantau.contract import SinkStats
-from pantau.telemetry import has_url_credentials, redact_urls
+from pantau.redact import has_userinfo, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class JsonLinesSink:
             self._stream.flush()
         except (OSError, ValueError) as exc:  # ValueError: the stream was closed under us
             self._counters.drop(DROP_WRITE_FAILED)
-            self._counters.last_error = f"{type(exc).__name__}: {redact_urls(str(exc))}"[:300]
+            self._counters.last_error = f"{type(exc).__name__}: {redact_url(str(exc))}"[:300]
             return
         self._counters.delivered += 1
 
@@ -262,7 +262,7 @@ class WebhookSink:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"webhook sink {name}: the URL must be http:// or https:// and name a host")
-        if has_url_credentials(url):
+        if has_userinfo(url):  # a token in the query is allowed: messages show only the origin
             raise ValueError(
                 f"webhook sink {name}: the URL embeds a user name or password; "
                 "send credentials in a header from a Secret instead"
@@ -405,7 +405,7 @@ class WebhookSink:
         try:
             response = await self._client.post(self._url, content=body, headers=self._headers)
         except httpx.HTTPError as exc:  # transport errors, chiefly: connection, timeout, protocol
-            message = redact_urls(str(exc)).replace(self._url, self._origin)
+            message = redact_url(str(exc).replace(self._url, self._origin))
             self._counters.last_error = (
                 f"{type(exc).__name__}: {message}"[:300] if message else type(exc).__name__
             )

@@ -31,6 +31,7 @@ from opentelemetry.trace import Tracer
 
 from pantau import telemetry
 from pantau.ingest.events import DetectionEvent, EventSink
+from pantau.ingest.latency import LatencyHistogram
 from pantau.ingest.sources import Sample, Source, SourceConfig, SourceError, open_source
 from pantau.models.camera import CameraSpec
 from pantau.models.site import CameraDefaults
@@ -44,8 +45,12 @@ AUTH_FAILURES_BEFORE_SLOWDOWN = 3
 
 @dataclass(frozen=True)
 class Credentials:
-    username: str
-    password: str = field(repr=False)
+    """What a camera's Secrets hold for its session: a login and/or the CA that signed its TLS
+    certificate (PEM). A change of any of them restarts the session."""
+
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls_ca: str | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -76,7 +81,8 @@ class CameraStats:
     frames_processed: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     detections: Counter[str] = field(default_factory=Counter)
-    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=500))
+    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=500))  # recent: p50, p99
+    latency_histogram: LatencyHistogram = field(default_factory=LatencyHistogram)  # all, seconds
     processed_at: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
     sessions_opened: int = 0
     # Seconds the worker waits before its next connection attempt; None while an attempt or a
@@ -90,6 +96,11 @@ class CameraStats:
         if len(recent) < 2:
             return 0.0
         return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-6)
+
+    def observe_latency(self, seconds: float) -> None:
+        """One frame's inference latency: kept for the /status quantiles and the /metrics histogram."""
+        self.latencies_ms.append(seconds * 1000)
+        self.latency_histogram.observe(seconds)
 
     def latency(self) -> tuple[float, float] | None:
         if not self.latencies_ms:
@@ -132,6 +143,8 @@ class CameraWorker:
             read_timeout=self.ctx.read_timeout,
             open_timeout=self.ctx.read_timeout,
             tls_insecure=bool(src.tls and src.tls.insecure_skip_verify),
+            tls_ca=self.creds.tls_ca if self.creds else None,
+            tls_server_name=src.tls.server_name if src.tls else None,
             loop_file=src.protocol == "file",
         )
 
@@ -263,7 +276,7 @@ class CameraWorker:
                     infer.set_status(trace.Status(trace.StatusCode.ERROR, exc.reason))
                     root.set_attribute(telemetry.ATTR_DETECTIONS, 0)
                     return
-            stats.latencies_ms.append((time.monotonic() - started) * 1000)
+            stats.observe_latency(time.monotonic() - started)
             kept = [d for d in found if d.class_name in self.classes and d.score >= self.min_score]
             root.set_attribute(telemetry.ATTR_DETECTIONS, len(kept))
             for name, count in Counter(d.class_name for d in kept).items():

@@ -1,11 +1,12 @@
 """The ingest pod's HTTP endpoints: `/healthz`, `/readyz`, `/status` and `/metrics`.
 
 The operator polls `/status` (per-camera facts, JSON of `PodStatusReport`) to write Camera and Site
-status; Prometheus scrapes `/metrics` (text exposition format 0.0.4). Both come from one snapshot of
-the pod, taken per request through the `snapshot` callable, so they never disagree. The kubelet probes
+status; Prometheus scrapes `/metrics` (the text exposition format, written by `prometheus_client`).
+Both come from a snapshot of the pod, taken per request through the `snapshot` callable, so they never
+disagree; /metrics adds each camera's inference latency histogram (`latency`). The kubelet probes
 `/healthz` (liveness) and `/readyz` (readiness): 200 or 503.
 
-Nothing served here holds a credential: camera URLs and messages pass through `redact_urls` when the
+Nothing served here holds a credential: camera URLs and messages pass through `redact_url` when the
 report is built, whatever the caller already did.
 """
 
@@ -13,189 +14,175 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Final, Self
+from typing import Self
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
-from pantau.contract import CAMERA_STATES, CameraStatusReport, PodStatusReport
+from pantau.contract import CAMERA_STATES, CameraStatusReport, PodStatusReport, SinkStats
+from pantau.ingest.latency import LatencyHistogram
 
 log = logging.getLogger(__name__)
-METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+
+Check = Callable[[], bool]
+Snapshot = Callable[[], PodStatusReport]
+# Each camera's latency histogram, by `CameraStatusReport.camera` ("namespace/name").
+Latency = Callable[[], Mapping[str, LatencyHistogram]]
 
 # ----- /metrics -----
 
 
-def _escape_label(value: str) -> str:
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-
-
-def _number(value: float) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value))
-
-
-Sample = tuple[str, dict[str, str], float]
-
-
-class _Exposition:
-    def __init__(self) -> None:
-        self._lines: list[str] = []
-
-    def family(self, name: str, kind: str, help_text: str, samples: Iterable[Sample]) -> None:
-        """One metric family; families without samples still say what they are (HELP and TYPE)."""
-        self._lines.append(f"# HELP {name} {help_text}")
-        self._lines.append(f"# TYPE {name} {kind}")
-        for sample_name, labels, value in samples:
-            if labels:
-                rendered = ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels.items())
-                self._lines.append(f"{sample_name}{{{rendered}}} {_number(value)}")
-            else:
-                self._lines.append(f"{sample_name} {_number(value)}")
-
-    def text(self) -> str:
-        return "\n".join(self._lines) + "\n"
-
-
-def render_metrics(report: PodStatusReport) -> str:
-    """The report in the Prometheus text exposition format (0.0.4). Counters are the pod's own running
-    totals: they restart from zero with the pod or the camera's worker, which Prometheus handles."""
-    out = _Exposition()
-    cams = sorted(report.cameras, key=lambda c: (c.namespace, c.name))
-
-    def per_camera(metric: str, value: Callable[[CameraStatusReport], float]) -> list[Sample]:
-        return [(metric, {"camera": c.camera}, value(c)) for c in cams]
-
-    out.family(
-        "pantau_frames_processed_total",
-        "counter",
-        "Frames read, detected and published, per camera.",
-        per_camera("pantau_frames_processed_total", lambda c: c.frames_processed),
+def _camera_families(cams: Sequence[CameraStatusReport]) -> list[Metric]:
+    """The per-camera counters and gauges. Counters are the worker's own running totals: they restart
+    from zero with the pod or the camera's worker, which Prometheus handles."""
+    camera = ["camera"]
+    processed = CounterMetricFamily(
+        "pantau_frames_processed_total", "Frames read, detected and published, per camera.", labels=camera
     )
-    out.family(
+    dropped = CounterMetricFamily(
         "pantau_frames_dropped_total",
-        "counter",
         "Frames given up before publishing, per camera and reason.",
-        (
-            ("pantau_frames_dropped_total", {"camera": c.camera, "reason": reason}, count)
-            for c in cams
-            for reason, count in sorted(c.frames_dropped.items())
-        ),
+        labels=["camera", "reason"],
     )
-    out.family(
-        "pantau_detections_total",
-        "counter",
-        "Objects detected, per camera and class.",
-        (
-            ("pantau_detections_total", {"camera": c.camera, "class": cls}, count)
-            for c in cams
-            for cls, count in sorted(c.detections.items())
-        ),
+    detections = CounterMetricFamily(
+        "pantau_detections_total", "Objects detected, per camera and class.", labels=["camera", "class"]
     )
-    out.family(
-        "pantau_camera_streaming",
-        "gauge",
-        "1 while the camera delivers frames, else 0.",
-        per_camera("pantau_camera_streaming", lambda c: 1 if c.state == "Streaming" else 0),
+    streaming = GaugeMetricFamily(
+        "pantau_camera_streaming", "1 while the camera delivers frames, else 0.", labels=camera
     )
-    out.family(
+    state = GaugeMetricFamily(
         "pantau_camera_state",
-        "gauge",
         "The camera's state: 1 for the current one, 0 for the others.",
-        (
-            ("pantau_camera_state", {"camera": c.camera, "state": state}, 1 if c.state == state else 0)
-            for c in cams
-            for state in CAMERA_STATES
-        ),
+        labels=["camera", "state"],
     )
-    out.family(
-        "pantau_camera_fps",
-        "gauge",
-        "Measured processed frames per second, per camera.",
-        per_camera("pantau_camera_fps", lambda c: c.fps),
+    fps = GaugeMetricFamily(
+        "pantau_camera_fps", "Measured processed frames per second, per camera.", labels=camera
     )
-    out.family(
+    last_frame = GaugeMetricFamily(
         "pantau_camera_last_frame_timestamp_seconds",
-        "gauge",
         "Capture time of the camera's last processed frame, seconds since the epoch.",
-        (
-            (
-                "pantau_camera_last_frame_timestamp_seconds",
-                {"camera": c.camera},
-                c.last_frame_time.timestamp(),
-            )
-            for c in cams
-            if c.last_frame_time is not None
-        ),
+        labels=camera,
     )
-    latency: list[Sample] = []
     for c in cams:
-        summary = c.inference_latency_ms
-        if summary is None:
-            continue
-        for quantile, ms in (("0.5", summary.p50), ("0.99", summary.p99)):
-            latency.append(
-                ("pantau_inference_latency_seconds", {"camera": c.camera, "quantile": quantile}, ms / 1000)
-            )
-        latency.append(("pantau_inference_latency_seconds_sum", {"camera": c.camera}, summary.sum_ms / 1000))
-        latency.append(("pantau_inference_latency_seconds_count", {"camera": c.camera}, summary.count))
-    out.family(
+        processed.add_metric([c.camera], c.frames_processed)
+        for reason, count in sorted(c.frames_dropped.items()):
+            dropped.add_metric([c.camera, reason], count)
+        for cls, count in sorted(c.detections.items()):
+            detections.add_metric([c.camera, cls], count)
+        streaming.add_metric([c.camera], 1 if c.streaming else 0)
+        for name in CAMERA_STATES:
+            state.add_metric([c.camera, name], 1 if c.state == name else 0)
+        fps.add_metric([c.camera], c.fps)
+        if c.last_frame_time is not None:
+            last_frame.add_metric([c.camera], c.last_frame_time.timestamp())
+    return [processed, dropped, detections, streaming, state, fps, last_frame]
+
+
+def _le(bound: float) -> str:
+    """A bucket's `le` label as Prometheus clients write it: "0.005", "1.0", "+Inf"."""
+    return "+Inf" if bound == math.inf else repr(bound)
+
+
+def _latency_family(cams: Sequence[CameraStatusReport], latency: Mapping[str, LatencyHistogram]) -> Metric:
+    family = HistogramMetricFamily(
         "pantau_inference_latency_seconds",
-        "summary",
         "Triton inference latency of the camera's frames (request to detections), seconds.",
-        latency,
+        labels=["camera"],
     )
-    out.family(
-        "pantau_triton_reachable",
-        "gauge",
-        "1 when the pod's last Triton call or check succeeded, else 0.",
-        [("pantau_triton_reachable", {}, 1 if report.triton.reachable else 0)],
-    )
-    out.family(
-        "pantau_ingest_cameras",
-        "gauge",
-        "Cameras assigned to this pod.",
-        [("pantau_ingest_cameras", {}, len(cams))],
-    )
-    out.family(
-        "pantau_ingest_start_time_seconds",
-        "gauge",
-        "When this pod's ingest process started, seconds since the epoch.",
-        [("pantau_ingest_start_time_seconds", {}, report.started_at.timestamp())],
-    )
-    sinks = sorted(report.sinks, key=lambda s: s.name)
-    for metric, kind, help_text, field in (
-        ("pantau_events_published_total", "counter", "Detection events handed to the sink.", "published"),
-        ("pantau_events_delivered_total", "counter", "Detection events the sink delivered.", "delivered"),
-        ("pantau_events_pending", "gauge", "Detection events buffered by the sink.", "pending"),
-        ("pantau_events_retries_total", "counter", "Failed deliveries that were retried.", "retries"),
-    ):
-        out.family(metric, kind, help_text, ((metric, {"sink": s.name}, getattr(s, field)) for s in sinks))
-    out.family(
-        "pantau_events_dropped_total",
-        "counter",
-        "Detection events the sink gave up, per reason.",
-        (
-            ("pantau_events_dropped_total", {"sink": s.name, "reason": reason}, count)
-            for s in sinks
-            for reason, count in sorted(s.dropped_reasons.items())
+    for c in cams:
+        histogram = latency.get(c.camera)
+        if histogram is not None:
+            buckets = [(_le(bound), float(n)) for bound, n in histogram.cumulative()]
+            family.add_metric([c.camera], buckets, histogram.sum_seconds)
+    return family
+
+
+def _pod_families(report: PodStatusReport) -> list[Metric]:
+    return [
+        GaugeMetricFamily(
+            "pantau_triton_reachable",
+            "1 when the pod's last Triton call or check succeeded, else 0.",
+            value=1 if report.triton.reachable else 0,
         ),
+        GaugeMetricFamily(
+            "pantau_ingest_cameras", "Cameras assigned to this pod.", value=len(report.cameras)
+        ),
+        GaugeMetricFamily(
+            "pantau_ingest_start_time_seconds",
+            "When this pod's ingest process started, seconds since the epoch.",
+            value=report.started_at.timestamp(),
+        ),
+    ]
+
+
+def _sink_families(sinks: Sequence[SinkStats]) -> list[Metric]:
+    sink = ["sink"]
+    published = CounterMetricFamily(
+        "pantau_events_published_total", "Detection events handed to the sink.", labels=sink
     )
-    return out.text()
+    delivered = CounterMetricFamily(
+        "pantau_events_delivered_total", "Detection events the sink delivered.", labels=sink
+    )
+    pending = GaugeMetricFamily(
+        "pantau_events_pending", "Detection events buffered by the sink.", labels=sink
+    )
+    retries = CounterMetricFamily(
+        "pantau_events_retries_total", "Failed deliveries that were retried.", labels=sink
+    )
+    dropped = CounterMetricFamily(
+        "pantau_events_dropped_total",
+        "Detection events the sink gave up, per reason.",
+        labels=["sink", "reason"],
+    )
+    for s in sorted(sinks, key=lambda s: s.name):
+        published.add_metric([s.name], s.published)
+        delivered.add_metric([s.name], s.delivered)
+        pending.add_metric([s.name], s.pending)
+        retries.add_metric([s.name], s.retries)
+        for reason, count in sorted(s.dropped_reasons.items()):
+            dropped.add_metric([s.name, reason], count)
+    return [published, delivered, pending, retries, dropped]
+
+
+class PodCollector:
+    """A `prometheus_client` collector over the pod: each scrape takes a fresh snapshot (`collect` raises
+    what `snapshot` raises) and turns it into metric families."""
+
+    def __init__(self, snapshot: Snapshot, latency: Latency | None = None) -> None:
+        self._snapshot = snapshot
+        self._latency = latency
+
+    def collect(self) -> Iterator[Metric]:
+        report = self._snapshot()
+        latency = self._latency() if self._latency is not None else {}
+        cams = sorted(report.cameras, key=lambda c: (c.namespace, c.name))
+        yield from _camera_families(cams)
+        yield _latency_family(cams, latency)
+        yield from _pod_families(report)
+        yield from _sink_families(report.sinks)
+
+
+def metrics_registry(snapshot: Snapshot, latency: Latency | None = None) -> CollectorRegistry:
+    """A registry of its own (never the process-wide default) holding the pod's collector."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PodCollector(snapshot, latency))
+    return registry
+
+
+def render_metrics(report: PodStatusReport, latency: Mapping[str, LatencyHistogram] | None = None) -> str:
+    """The report (and the cameras' latency histograms) in the Prometheus text exposition format."""
+    return generate_latest(metrics_registry(lambda: report, lambda: latency or {})).decode()
 
 
 # ----- the server -----
-
-Check = Callable[[], bool]
-Snapshot = Callable[[], PodStatusReport]
 
 
 def _probe(check: Check, what: str) -> web.Response:
@@ -207,15 +194,21 @@ def _probe(check: Check, what: str) -> web.Response:
     return web.Response(text="ok\n" if ok else f"not {what}\n", status=200 if ok else 503)
 
 
-def make_app(snapshot: Snapshot, *, ready: Check, healthy: Check) -> web.Application:
-    """The aiohttp application serving the four endpoints (GET and HEAD)."""
+def _respond(what: str, body: Callable[[], bytes], content_type: str) -> web.Response:
+    """200 with what `body` returns (it takes the snapshot), or 500 when that fails."""
+    try:
+        data = body()
+    except Exception as exc:
+        log.exception("%s: status snapshot failed: %s", what, type(exc).__name__)
+        return web.Response(text="status unavailable\n", status=500)
+    return web.Response(body=data, headers={"Content-Type": content_type})
 
-    def take() -> PodStatusReport | web.Response:
-        try:
-            return snapshot()
-        except Exception as exc:
-            log.exception("status snapshot failed: %s", type(exc).__name__)
-            return web.Response(text="status unavailable\n", status=500)
+
+def make_app(
+    snapshot: Snapshot, *, ready: Check, healthy: Check, latency: Latency | None = None
+) -> web.Application:
+    """The aiohttp application serving the four endpoints (GET and HEAD)."""
+    registry = metrics_registry(snapshot, latency)
 
     async def healthz(_: web.Request) -> web.Response:
         return _probe(healthy, "healthy")
@@ -224,18 +217,10 @@ def make_app(snapshot: Snapshot, *, ready: Check, healthy: Check) -> web.Applica
         return _probe(ready, "ready")
 
     async def status(_: web.Request) -> web.Response:
-        report = take()
-        if isinstance(report, web.Response):
-            return report
-        return web.Response(body=report.model_dump_json().encode(), content_type="application/json")
+        return _respond("/status", lambda: snapshot().model_dump_json().encode(), "application/json")
 
     async def metrics(_: web.Request) -> web.Response:
-        report = take()
-        if isinstance(report, web.Response):
-            return report
-        return web.Response(
-            body=render_metrics(report).encode(), headers={"Content-Type": METRICS_CONTENT_TYPE}
-        )
+        return _respond("/metrics", lambda: generate_latest(registry), CONTENT_TYPE_LATEST)
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)
@@ -249,9 +234,16 @@ class IngestServer:
     """The endpoints on `host:port` (port 0: any free port; see `port` after `start`)."""
 
     def __init__(
-        self, snapshot: Snapshot, *, ready: Check, healthy: Check, host: str = "127.0.0.1", port: int = 8080
+        self,
+        snapshot: Snapshot,
+        *,
+        ready: Check,
+        healthy: Check,
+        latency: Latency | None = None,
+        host: str = "127.0.0.1",
+        port: int = 8080,
     ) -> None:
-        self._app = make_app(snapshot, ready=ready, healthy=healthy)
+        self._app = make_app(snapshot, ready=ready, healthy=healthy, latency=latency)
         self._host = host
         self._requested_port = port
         self._runner: web.AppRunner | None = None
@@ -297,8 +289,10 @@ class IngestServer:
         await self.aclose()
 
 
-async def serve(host: str, port: int, snapshot: Snapshot, *, ready: Check, healthy: Check) -> IngestServer:
+async def serve(
+    host: str, port: int, snapshot: Snapshot, *, ready: Check, healthy: Check, latency: Latency | None = None
+) -> IngestServer:
     """Start serving the endpoints on `host:port` (the pod IP); `aclose()` the result to stop."""
-    server = IngestServer(snapshot, ready=ready, healthy=healthy, host=host, port=port)
+    server = IngestServer(snapshot, ready=ready, healthy=healthy, latency=latency, host=host, port=port)
     await server.start()
     return server

@@ -3,44 +3,17 @@
 from __future__ import annotations
 
 import copy
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
-from pantau.builders.pool import PoolSettings
-from pantau.models.camera import CameraSpec
-from pantau.models.site import SiteSpec
-from pantau.reconcile.site import ObjectFacts, camera_cost, camera_status_without_site, plan_site
-
-NOW = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
-SETTINGS = PoolSettings(
-    default_image="pantau:test", triton_address="triton:8001", model="yolox", otlp_endpoint=None
-)
-
-
-def site(**ingest: Any) -> ObjectFacts:
-    spec = SiteSpec.model_validate({"displayName": "Alun-alun", "region": "Kota Bengkulu", "ingest": ingest})
-    return ObjectFacts("ns", "alun", "site-uid", 3, spec)
-
-
-def cam(
-    name: str, fps: float = 5, secret: str | None = None, status: dict[str, Any] | None = None, **spec: Any
-) -> ObjectFacts:
-    source: dict[str, Any] = {"url": f"rtsp://10.0.0.1/{name}", "protocol": "rtsp"}
-    if secret:
-        source["credentialsSecretRef"] = {"name": secret}
-    body = {"siteRef": {"name": "alun"}, "source": source, "sampling": {"fps": fps}, **spec}
-    return ObjectFacts("ns", name, f"uid-{name}", 1, CameraSpec.model_validate(body), status=status or {})
-
-
-def ready(status: dict[str, Any]) -> dict[str, Any]:
-    return next(c for c in status["conditions"] if c["type"] == "Ready")
+from pantau.reconcile.facts import ObjectFacts
+from pantau.reconcile.site import camera_cost, plan_site
+from tests.cases_reconcile import NOW, POOL, SETTINGS, cam, observe, ready_condition, report, site
 
 
 def test_plan_assigns_every_camera_and_builds_the_pool() -> None:
     cameras = [cam(f"c{i}", secret="creds" if i % 2 else None) for i in range(10)]
-    plan = plan_site(
-        site(), cameras, {"alun-ingest-0": True, "alun-ingest-1": True}, frozenset({"creds"}), SETTINGS, NOW
-    )
+    pods = {f"{POOL}-0": True, f"{POOL}-1": True}
+    plan = plan_site(observe(site(), cameras, pods, frozenset({"creds"})), SETTINGS, NOW)
     assert [c["kind"] for c in plan.children] == [
         "ServiceAccount",
         "Role",
@@ -51,20 +24,21 @@ def test_plan_assigns_every_camera_and_builds_the_pool() -> None:
     ]
     replicas = plan.children[4]["spec"]["replicas"]
     assert replicas == 2  # 10 cameras, 8 per pod by default
-    assert set(plan.camera_labels.values()) == {"alun-ingest-0", "alun-ingest-1"}
+    assert set(plan.camera_labels.values()) == {f"{POOL}-0", f"{POOL}-1"}
     for name, status in plan.camera_status.items():
         assert status["pod"] == plan.camera_labels[name]
-        assert ready(status)["reason"] == "PodReady"
+        assert ready_condition(status)["reason"] == "PodReady"
         assert "reason" not in status
     assert plan.site_status["cameras"] == {"total": 10, "ready": 10, "streaming": 0, "failed": 0}
     assert plan.site_status["pods"] == {"desired": 2, "ready": 2}
     rules = plan.children[1]["rules"]
     assert [r.get("resourceNames") for r in rules if "secrets" in r["resources"]] == [["creds"]]
+    assert plan.unseen == frozenset()
 
 
 def test_missing_secret_paused_and_pod_not_ready_are_reasons() -> None:
     cameras = [cam("a", secret="gone"), cam("b", paused=True), cam("c")]
-    plan = plan_site(site(), cameras, {}, frozenset(), SETTINGS, NOW)
+    plan = plan_site(observe(site(), cameras, {f"{POOL}-0": False}), SETTINGS, NOW)
     assert plan.camera_status["a"]["reason"] == "SecretNotFound"
     assert plan.camera_status["b"]["reason"] == "Paused"
     assert plan.camera_labels["b"] is None
@@ -74,12 +48,9 @@ def test_missing_secret_paused_and_pod_not_ready_are_reasons() -> None:
 
 
 def test_unchanged_status_keeps_transition_times_and_tells_nothing_twice() -> None:
-    first = plan_site(site(), [cam("a", secret="gone")], {}, frozenset(), SETTINGS, NOW)
+    first = plan_site(observe(site(), [cam("a", secret="gone")]), SETTINGS, NOW)
     again = plan_site(
-        site(),
-        [cam("a", secret="gone", status=first.camera_status["a"])],
-        {},
-        frozenset(),
+        observe(site(), [cam("a", secret="gone", status=first.camera_status["a"])]),
         SETTINGS,
         NOW + timedelta(minutes=5),
     )
@@ -90,8 +61,8 @@ def test_unchanged_status_keeps_transition_times_and_tells_nothing_twice() -> No
 def test_plan_is_pure() -> None:
     cameras = [cam("a"), cam("b", fps=10)]
     before = copy.deepcopy(cameras)
-    one = plan_site(site(), cameras, {}, frozenset(), SETTINGS, NOW)
-    two = plan_site(site(), list(reversed(cameras)), {}, frozenset(), SETTINGS, NOW)
+    one = plan_site(observe(site(), cameras), SETTINGS, NOW)
+    two = plan_site(observe(site(), list(reversed(cameras))), SETTINGS, NOW)
     assert one == two
     assert cameras == before
 
@@ -107,26 +78,69 @@ def test_cost_is_fps_times_resolution() -> None:
     assert camera_cost(small.spec, s) == 2.5
 
 
-def test_camera_without_site() -> None:
-    status = camera_status_without_site(cam("lonely"), "pasar", NOW)
-    assert status["reason"] == "SiteNotFound"
-    assert "pasar" in ready(status)["message"]
+def test_invalid_site_spec_is_told_in_its_status_only() -> None:
+    broken = ObjectFacts("ns", "alun", "site-uid", 4, None, error="ingest.maxPods: must be >= 1")
+    plan = plan_site(observe(broken, [cam("a")], {f"{POOL}-0": True}), SETTINGS, NOW)
+    assert plan.site_status == {
+        "observedGeneration": 4,
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "False",
+                "reason": "InvalidSpec",
+                "message": "ingest.maxPods: must be >= 1",
+                "lastTransitionTime": "2026-11-29T10:00:00Z",
+                "observedGeneration": 4,
+            }
+        ],
+    }
+    assert (plan.children, plan.camera_labels, plan.camera_status, plan.events) == ([], {}, {}, [])
+    # Still invalid later: the transition time stays, so the status is not rewritten.
+    later = ObjectFacts("ns", "alun", "site-uid", 4, None, error=broken.error, status=plan.site_status)
+    again = plan_site(observe(later, [cam("a")]), SETTINGS, NOW + timedelta(minutes=5))
+    assert again.site_status == plan.site_status
+
+
+def test_a_pool_no_watch_shows_is_written_even_if_just_written() -> None:
+    plan = plan_site(observe(site(), [cam("a")], pool_created=None), SETTINGS, NOW)
+    assert plan.unseen == frozenset({("StatefulSet", POOL)})
+
+
+def test_pods_of_a_longer_named_pool_are_not_this_pools() -> None:
+    # Site "alun-ingest" has the pool "alun-ingest-ingest": its pod 0 is not "alun-ingest"'s pod.
+    plan = plan_site(observe(site(), [cam("a")], {f"{POOL}-ingest-0": True}), SETTINGS, NOW)
+    assert plan.site_status["pods"] == {"desired": 1, "ready": 0}
+
+
+def test_overload_is_told_once() -> None:
+    cameras = [cam(f"c{i}") for i in range(3)]
+    plan = plan_site(observe(site(maxPods=1, podCapacity={"cameras": 2}), cameras), SETTINGS, NOW)
+    assert [(e.kind, e.type, e.reason) for e in plan.events] == [("Site", "Warning", "OverCapacity")]
+    assert plan.events[0].message == "3 cameras need more than 1 pods"
+    loaded = ObjectFacts(
+        "ns", "alun", "site-uid", 3, site(maxPods=1, podCapacity={"cameras": 2}).spec, status=plan.site_status
+    )
+    assert plan_site(observe(loaded, cameras), SETTINGS, NOW).events == []
 
 
 def test_ingest_reports_become_reasons() -> None:
-    pods = {"alun-ingest-0": True}
     reports = {
-        "ok": {"state": "Streaming", "reason": None, "fps": 2.0, "frames_processed": 10},
-        "auth": {"state": "Backoff", "reason": "AuthFailed", "message": "401 from the camera"},
-        "triton": {"state": "Streaming", "reason": "TritonUnavailable", "message": "Triton is down"},
+        "ok": report("ok", fps=2.0, frames_processed=10),
+        "auth": report("auth", "Backoff", reason="AuthFailed", message="401 from the camera"),
+        "triton": report("triton", reason="TritonUnavailable", message="Triton is down"),
     }
     cameras = [cam(n) for n in reports]
-    plan = plan_site(site(), cameras, pods, frozenset(), SETTINGS, NOW, reports)
-    got = {n: (ready(s)["status"], ready(s)["reason"], s["streaming"]) for n, s in plan.camera_status.items()}
+    plan = plan_site(observe(site(), cameras, {f"{POOL}-0": True}), SETTINGS, NOW, reports)
+    got = {
+        n: (ready_condition(s)["status"], ready_condition(s)["reason"], s["streaming"])
+        for n, s in plan.camera_status.items()
+    }
     assert got == {
         "ok": ("True", "Streaming", True),
         "auth": ("False", "AuthFailed", False),
         "triton": ("False", "TritonUnavailable", True),
     }
     assert plan.camera_status["auth"]["reason"] == "AuthFailed"
+    assert plan.camera_status["triton"]["reason"] == "TritonUnavailable"
     assert plan.camera_status["ok"]["framesProcessed"] == 10
+    assert plan.site_status["cameras"]["ready"] == 1

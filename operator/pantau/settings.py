@@ -46,6 +46,9 @@ class OperatorSettings(BaseSettings):
         default=(),
         description="Networks (CIDRs) of ingest pods whose /status the operator may poll; empty = any.",
     )
+    status_timeout: float = Field(
+        default=5.0, gt=0, description="Seconds one ingest pod's /status may take, whole body included."
+    )
 
     def may_poll(self, address: str) -> bool:
         if not self.status_networks:

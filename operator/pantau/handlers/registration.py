@@ -14,14 +14,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
-from pantau.handlers.state import OperatorState, reconcile_orphan_camera, reconcile_site
+from pantau.handlers.state import OperatorState, reconcile_site
 from pantau.k8s.api import ApiError
 from pantau.models import GROUP, VERSION
-from pantau.reconcile.site import ObjectFacts
+from pantau.reconcile.camera import plan_orphan_camera
+from pantau.reconcile.facts import ObjectFacts
 from pantau.settings import OperatorSettings
 
 SITES = (GROUP, VERSION, "sites")
@@ -115,11 +117,15 @@ async def camera_changed(
     site = (spec.get("siteRef") or {}).get("name", "")
     ns = namespace or ""
     state.mark(ns, site)
-    if type != "DELETED" and (ns, site) not in kwargs["site_index"]:
-        try:
-            await reconcile_orphan_camera(state, OperatorState.camera_facts(body), site)
-        except ApiError as exc:
-            log.warning("camera %s/%s: status not written: %s", ns, body["metadata"]["name"], exc)
+    camera = OperatorState.camera_facts(body)
+    exists, deleted = (ns, site) in kwargs["site_index"], type == "DELETED"
+    plan = plan_orphan_camera(camera, site, site_exists=exists, deleted=deleted, now=datetime.now(UTC))
+    if plan is None:
+        return
+    try:
+        await state.apply_camera_plan(camera, plan)
+    except ApiError as exc:
+        log.warning("camera %s/%s: status not written: %s", ns, camera.name, exc)
 
 
 @kopf.on.event("v1", "secrets")

@@ -1,5 +1,6 @@
-"""What the operator keeps between handler calls, and the write side of a reconcile pass:
-compare what the plan wants with what was observed (or just written) and send only differences."""
+"""What the operator keeps between handler calls, and the read and write sides of a pass: read the
+indexes and the ingest pods' reports, ask pantau.reconcile what should be, and send only what
+differs from what was observed (or just written). Nothing here decides."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -16,13 +17,23 @@ import httpx
 import kopf
 from pydantic import ValidationError
 
-from pantau.builders import names
-from pantau.contract import INGEST_PORT, LABEL_SHARD
+from pantau.contract import (
+    INGEST_PORT,
+    LABEL_SHARD,
+    MAX_STATUS_BYTES,
+    STATUS_PATH,
+    PodStatusReport,
+    ReportError,
+    parse_status,
+)
 from pantau.k8s.api import KubeApi
 from pantau.models import GROUP, VERSION
 from pantau.models.camera import CameraSpec
 from pantau.models.site import SiteSpec
-from pantau.reconcile.site import Event, ObjectFacts, camera_status_without_site, plan_site
+from pantau.reconcile.camera import CameraPlan
+from pantau.reconcile.facts import Event, ObjectFacts, PodFacts, SiteObservation
+from pantau.reconcile.reports import camera_reports, pods_to_poll
+from pantau.reconcile.site import SitePlan, plan_site
 from pantau.settings import OperatorSettings
 
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -58,6 +69,57 @@ def _facts(body: Mapping[str, Any], model: type[SiteSpec] | type[CameraSpec]) ->
     )
 
 
+# ----- the ingest pods' reports -----
+
+
+async def read_limited(response: httpx.Response, limit: int = MAX_STATUS_BYTES) -> bytes:
+    """The body of a streamed response, refused (ReportError) as soon as it grows past `limit`: a pod
+    cannot make the operator hold more than that in memory. A compressed body is refused too (the
+    request asks for none): inflating it could take any amount of memory before the count."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ReportError(f"report of {declared} bytes is over the {limit}-byte limit")
+    if response.headers.get("content-encoding", "identity").lower() not in ("identity", ""):
+        raise ReportError("report is compressed; it was asked for uncompressed")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise ReportError(f"report is over the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def fetch_report(http: httpx.AsyncClient, address: str) -> PodStatusReport:
+    url = f"http://{address}:{INGEST_PORT}{STATUS_PATH}"
+    async with http.stream("GET", url, headers={"Accept-Encoding": "identity"}) as response:
+        response.raise_for_status()
+        body = await read_limited(response)
+    return parse_status(body)
+
+
+async def pull_reports(
+    http: httpx.AsyncClient, targets: Mapping[str, str], per_pod_seconds: float
+) -> dict[str, PodStatusReport]:
+    """Pod name -> report, of the pods in `targets` (pod name -> address) that answered within
+    `per_pod_seconds` with a report that parses. Any other pod contributes nothing, and its cameras
+    keep their last written facts."""
+
+    async def one(pod: str, address: str) -> PodStatusReport | None:
+        try:
+            async with asyncio.timeout(per_pod_seconds):
+                return await fetch_report(http, address)
+        except ReportError as exc:
+            log.warning("status of pod %s refused: %s", pod, exc)
+        except (httpx.HTTPError, TimeoutError) as exc:
+            log.debug("status of pod %s: %r", pod, exc)
+        return None
+
+    found = await asyncio.gather(*(one(pod, address) for pod, address in targets.items()))
+    return {pod: report for pod, report in zip(targets, found, strict=True) if report is not None}
+
+
 @dataclass
 class OperatorState:
     settings: OperatorSettings
@@ -74,23 +136,8 @@ class OperatorState:
         await self.api.aclose()
         await self.http.aclose()
 
-    async def pull_reports(self, addresses: list[str]) -> dict[str, dict[str, Any]]:
-        """Per-camera /status entries of the given ingest pods (health flows by pull); a pod that
-        does not answer contributes nothing, and its cameras keep their last written facts."""
-        allowed = [a for a in addresses if self.settings.may_poll(a)]
-
-        async def one(address: str) -> list[dict[str, Any]]:
-            try:
-                resp = await self.http.get(f"http://{address}:{INGEST_PORT}/status")
-                resp.raise_for_status()
-                cameras: list[dict[str, Any]] = resp.json().get("cameras", [])
-                return cameras
-            except (httpx.HTTPError, ValueError) as exc:
-                log.debug("status of %s: %s", address, exc)
-                return []
-
-        found = await asyncio.gather(*(one(a) for a in allowed))
-        return {c["name"]: c for cams in found for c in cams}
+    async def pull_reports(self, targets: Mapping[str, str]) -> dict[str, PodStatusReport]:
+        return await pull_reports(self.http, targets, self.settings.status_timeout)
 
     # ----- facts from watched bodies -----
 
@@ -171,102 +218,65 @@ class OperatorState:
         await self.api.apply(body, subresource="status")
         self._remember(key, status)
 
-    def post(self, namespace: str, uids: Mapping[str, str], events: list[Event]) -> None:
+    @staticmethod
+    def post(events: Iterable[Event]) -> None:
         for e in events:
-            uid = uids.get(f"{e.kind}/{e.name}")
-            if uid is None:
-                continue
             ref = {
                 "apiVersion": API_VERSION,
                 "kind": e.kind,
-                "metadata": {"name": e.name, "namespace": namespace, "uid": uid},
+                "metadata": {"name": e.name, "namespace": e.namespace, "uid": e.uid},
             }
             kopf.event(ref, type=e.type, reason=e.reason, message=e.message)  # type: ignore[arg-type]
 
+    # ----- applying plans -----
 
-def _only(store: Any) -> ObjectFacts | None:
+    async def apply_site_plan(self, observed: SiteObservation, plan: SitePlan) -> None:
+        for child in plan.children:
+            await self.apply_child(child, (child["kind"], child["metadata"]["name"]) not in plan.unseen)
+        by_name = {c.name: c for c in observed.cameras}
+        await asyncio.gather(
+            *(self.set_camera_label(by_name[n], shard) for n, shard in plan.camera_labels.items()),
+            *(self.set_status("Camera", by_name[n], status) for n, status in plan.camera_status.items()),
+        )
+        await self.set_status("Site", observed.site, plan.site_status)
+        self.post(plan.events)
+
+    async def apply_camera_plan(self, camera: ObjectFacts, plan: CameraPlan) -> None:
+        await self.set_camera_label(camera, plan.label)
+        if plan.status is not None:
+            await self.set_status("Camera", camera, plan.status)
+        self.post(plan.events)
+
+
+# ----- reading the indexes -----
+
+
+def _first(store: Iterable[Any] | None) -> Any:
     return next(iter(store), None) if store is not None else None
 
 
-async def reconcile_site(state: OperatorState, namespace: str, name: str, indexes: Mapping[str, Any]) -> None:
-    """One pass: plan from the indexes, then write what differs."""
-    site = _only(indexes["site_index"].get((namespace, name)))
+def observe_site(namespace: str, name: str, indexes: Mapping[str, Any]) -> SiteObservation | None:
+    """What the indexes hold for one Site's pass; None once the Site is gone."""
+    site: ObjectFacts | None = _first(indexes["site_index"].get((namespace, name)))
     if site is None:
-        return
-    now = datetime.now(UTC)
-    cameras: list[ObjectFacts] = list(indexes["camera_index"].get((namespace, name), []))
-    if site.spec is None:
-        status = {
-            "observedGeneration": site.generation,
-            "conditions": [
-                {
-                    "type": "Ready",
-                    "status": "False",
-                    "reason": "InvalidSpec",
-                    "message": site.error or "",
-                    "lastTransitionTime": now.replace(microsecond=0).isoformat().replace("+00:00", "Z"),
-                    "observedGeneration": site.generation,
-                }
-            ],
-        }
-        await state.set_status("Site", site, status)
-        return
-    secrets = frozenset(indexes["secret_index"].get(namespace, []))
-    pods = indexes["pod_index"]
-    prefix = names.pool_name(name) + "-"
-    pool_pods = {
-        pod: next(iter(pods[(ns, pod)])) for ns, pod in pods if ns == namespace and pod.startswith(prefix)
-    }
-    pods_ready = {pod: ready for pod, (ready, _ip) in pool_pods.items()}
-    reports = await state.pull_reports([ip for ready, ip in pool_pods.values() if ready and ip])
-    plan = plan_site(site, cameras, pods_ready, secrets, state.settings.pool(), now, reports)
-
-    pools = indexes["pool_index"]
-    for child in plan.children:
-        present = child["kind"] != "StatefulSet" or (namespace, child["metadata"]["name"]) in pools
-        await state.apply_child(child, present)
-    by_name = {c.name: c for c in cameras}
-    await asyncio.gather(
-        *(state.set_camera_label(by_name[n], shard) for n, shard in plan.camera_labels.items()),
-        *(
-            state.set_status("Camera", by_name[n], status)
-            for n, status in plan.camera_status.items()
-            if not _pod_coming(status, pool_pods, pools, namespace, now)
-        ),
+        return None
+    pods = {pod: _first(store) for (ns, pod), store in indexes["pod_index"].items() if ns == namespace}
+    pools = {pool: _first(store) for (ns, pool), store in indexes["pool_index"].items() if ns == namespace}
+    return SiteObservation(
+        site=site,
+        cameras=tuple(indexes["camera_index"].get((namespace, name), [])),
+        pods={pod: PodFacts(*facts) for pod, facts in pods.items() if facts is not None},
+        pools={pool: created for pool, created in pools.items() if created is not None},
+        secrets=frozenset(indexes["secret_index"].get(namespace, [])),
     )
-    await state.set_status("Site", site, plan.site_status)
-    uids = {f"Camera/{c.name}": c.uid for c in cameras} | {f"Site/{name}": site.uid}
-    state.post(namespace, uids, plan.events)
 
 
-POD_START_GRACE = 60.0
-
-
-def _pod_coming(
-    status: dict[str, Any], pods: Mapping[str, Any], pools: Any, namespace: str, now: datetime
-) -> bool:
-    """A Camera whose pod is not created yet, in a pool created less than a minute ago: its status
-    would say PodNotReady now and PodReady seconds later, so it is written once, later."""
-    pod = status.get("pod")
-    ready = [c for c in status.get("conditions", []) if c.get("type") == "Ready"]
-    if not pod or pod in pods or not ready or ready[0].get("reason") != "PodNotReady":
-        return False
-    created = next(iter(pools.get((namespace, pod.rsplit("-", 1)[0]), [])), "")
-    if not created:
-        return True  # the StatefulSet itself is being created
-    age = now - datetime.fromisoformat(created.replace("Z", "+00:00"))
-    return age.total_seconds() < POD_START_GRACE
-
-
-async def reconcile_orphan_camera(state: OperatorState, camera: ObjectFacts, site_name: str) -> None:
-    """A Camera whose Site does not exist: unassigned, not ready, and told why."""
-    status = camera_status_without_site(camera, site_name, datetime.now(UTC))
-    before = [c for c in camera.status.get("conditions") or [] if c.get("type") == "Ready"]
-    await state.set_camera_label(camera, None)
-    await state.set_status("Camera", camera, status)
-    if not before or before[0].get("reason") != status["reason"]:
-        state.post(
-            camera.namespace,
-            {f"Camera/{camera.name}": camera.uid},
-            [Event("Camera", camera.name, "Warning", status["reason"], status["conditions"][-1]["message"])],
-        )
+async def reconcile_site(state: OperatorState, namespace: str, name: str, indexes: Mapping[str, Any]) -> None:
+    """One pass: read, pull the reports the plan asks for, plan, then write what differs."""
+    observed = observe_site(namespace, name, indexes)
+    if observed is None:
+        return
+    pulled = await state.pull_reports(pods_to_poll(observed, state.settings.may_poll))
+    reports = camera_reports(pulled, observed)
+    plan = plan_site(observed, state.settings.pool(), datetime.now(UTC), reports)
+    await state.apply_site_plan(observed, plan)

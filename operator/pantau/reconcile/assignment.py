@@ -134,14 +134,7 @@ def assign(
     `per_pod_cameras` is a hard limit per shard while the pool has room for it; `per_pod_cost` caps the
     load bound likewise. Both, when given, also define `overloaded`. A pool of 0 shards is allowed only
     with no cameras (a pool scaled to zero)."""
-    _check_cameras(cameras)
-    if per_pod_cameras is not None and per_pod_cameras < 1:
-        raise ValueError(f"per_pod_cameras must be at least 1, got {per_pod_cameras}")
-    if per_pod_cost is not None and not (math.isfinite(per_pod_cost) and per_pod_cost > 0):
-        raise ValueError(f"per_pod_cost must be a finite number above 0, got {per_pod_cost}")
-    if shards < 0 or (shards == 0 and cameras):
-        raise ValueError(f"shards must be at least 1 to place {len(cameras)} camera(s), got {shards}")
-
+    _check_assign(cameras, shards, per_pod_cameras, per_pod_cost)
     by_camera: dict[str, int] = {}
     load = [0.0] * shards
     count = [0] * shards
@@ -278,6 +271,18 @@ def _fits(
         n <= per_pod_cameras and (n <= 1 or (dedicated == 0 and cost <= per_pod_cost * (1 + _TOLERANCE)))
         for n, dedicated, cost in zip(counts, dedicated_on, assignment.load, strict=True)
     )
+
+
+def _check_assign(
+    cameras: Sequence[CameraLoad], shards: int, per_pod_cameras: int | None, per_pod_cost: float | None
+) -> None:
+    _check_cameras(cameras)
+    if per_pod_cameras is not None and per_pod_cameras < 1:
+        raise ValueError(f"per_pod_cameras must be at least 1, got {per_pod_cameras}")
+    if per_pod_cost is not None and not (math.isfinite(per_pod_cost) and per_pod_cost > 0):
+        raise ValueError(f"per_pod_cost must be a finite number above 0, got {per_pod_cost}")
+    if shards < 0 or (shards == 0 and cameras):
+        raise ValueError(f"shards must be at least 1 to place {len(cameras)} camera(s), got {shards}")
 
 
 def _check_cameras(cameras: Sequence[CameraLoad]) -> None:

@@ -1,58 +1,37 @@
 """Decisions for one Site: its pool, its cameras' assignments and everyone's status. Pure.
 
-Input is what the operator observes (the Site, its Cameras, the pool's pods, which Secrets
-exist), output is what should be: the pool's manifests, each Camera's shard label and status,
-the Site's status, and the Events worth telling. The handler compares the output with what it
-last wrote and sends only the differences.
+Input is what the operator observes (a SiteObservation: the Site, its Cameras, the pods, pools and
+Secrets of its namespace) and the ingest pods' reports; output is a SitePlan, what should be: the
+pool's manifests, each Camera's shard label and status, the Site's status and the Events worth
+telling. The handler writes what differs from what it observed or last wrote, and decides nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from pantau.builders import names
 from pantau.builders.pool import PoolSettings, SiteRef, build_pool
-from pantau.contract import LABEL_SHARD
+from pantau.contract import CameraStatusReport
 from pantau.models.camera import CameraSpec
-from pantau.models.conditions import Condition, find_condition, set_condition
 from pantau.models.site import SiteSpec
 from pantau.reconcile.assignment import CameraLoad, assign, desired_pods
+from pantau.reconcile.camera import CameraPlan, PoolView, plan_camera, secrets_of
+from pantau.reconcile.facts import JSON, Event, ObjectFacts, SiteObservation, event
+from pantau.reconcile.reports import pool_pods
+from pantau.reconcile.status import Verdict, condition, dump, merge, observed_condition, observed_conditions
 
-JSON = dict[str, Any]
 FULL_HD = 1920 * 1080
 
 
 @dataclass(frozen=True)
-class ObjectFacts:
-    """What the handlers index of a Site or Camera: identity, spec (None if invalid), status."""
-
-    namespace: str
-    name: str
-    uid: str
-    generation: int
-    spec: Any  # SiteSpec | CameraSpec | None
-    error: str | None = None
-    labels: Mapping[str, str] = field(default_factory=dict)
-    status: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Event:
-    kind: str  # "Site" or "Camera"
-    name: str
-    type: str  # Normal / Warning
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
 class SitePlan:
-    children: list[JSON]
+    children: list[JSON]  # the pool's objects, in apply order
+    unseen: frozenset[tuple[str, str]]  # (kind, name) of children no watch shows: write even if just written
     camera_labels: dict[str, str | None]  # camera name -> shard label (None: no label)
-    camera_status: dict[str, JSON]
+    camera_status: dict[str, JSON]  # camera name -> status to write now (a Camera whose pod is coming waits)
     site_status: JSON
     events: list[Event]
 
@@ -65,254 +44,113 @@ def camera_cost(spec: CameraSpec, site: SiteSpec) -> float:
     return float(fps) * pixels / FULL_HD
 
 
-def secrets_of(spec: CameraSpec) -> list[str]:
-    """The Secrets an ingest pod reads for this camera: credentials and a TLS CA bundle."""
-    src = spec.source
-    found = [src.credentials_secret_ref.name] if src.credentials_secret_ref else []
-    if src.tls and src.tls.ca_secret_ref:
-        found.append(src.tls.ca_secret_ref.name)
-    return found
-
-
-def _condition(type_: str, ok: bool, reason: str, message: str, generation: int, now: datetime) -> Condition:
-    return Condition(
-        type=type_,
-        status="True" if ok else "False",
-        reason=reason,
-        message=message,
-        last_transition_time=now,
-        observed_generation=generation,
-    )
-
-
-def _conditions(observed: Mapping[str, Any], wanted: Sequence[Condition], now: datetime) -> list[Condition]:
-    current = [Condition.model_validate(c) for c in observed.get("conditions") or []]
-    for c in wanted:
-        current = set_condition(current, c, now)
-    return current
-
-
-def _dump(conditions: Sequence[Condition]) -> list[JSON]:
-    return [c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in conditions]
-
-
-FACTS_REFRESH_SECONDS = 60
-
-
-def _facts(report: Mapping[str, Any], observed: Mapping[str, Any], now: datetime) -> JSON:
-    """Counters from an ingest pod's report. They change with every frame, so they are written
-    only when streaming starts or stops, or when the written ones are a minute old: status
-    writes stay rare while `kubectl get` still shows live-enough numbers."""
-    streaming = report.get("state") == "Streaming"
-    last = observed.get("lastFrameTime")
-    stale = last is None or (
-        now - datetime.fromisoformat(str(last).replace("Z", "+00:00"))
-    ).total_seconds() > (FACTS_REFRESH_SECONDS)
-    if observed.get("streaming") == streaming and (not streaming or not stale):
-        keys = ("streaming", "fps", "framesProcessed", "framesDropped", "lastFrameTime", "detectionCounts")
-        return {k: observed[k] for k in keys if k in observed}
-    facts: JSON = {
-        "streaming": streaming,
-        "fps": round(float(report.get("fps") or 0.0), 2),
-        "framesProcessed": int(report.get("frames_processed") or 0),
-        "framesDropped": int(sum((report.get("frames_dropped") or {}).values())),
-        "detectionCounts": dict(report.get("detections") or {}),
-    }
-    if report.get("last_frame_time"):
-        stamp = datetime.fromisoformat(str(report["last_frame_time"]).replace("Z", "+00:00"))
-        facts["lastFrameTime"] = stamp.replace(microsecond=0).isoformat().replace("+00:00", "Z")
-    return facts
-
-
-def camera_status_without_site(camera: ObjectFacts, site_name: str, now: datetime) -> JSON:
-    """Status of a Camera whose Site does not exist (or of an invalid Camera)."""
-    if camera.spec is None:
-        reason, message = "InvalidSpec", camera.error or "the spec is invalid"
-    else:
-        reason, message = "SiteNotFound", f"Site {site_name!r} does not exist in namespace {camera.namespace}"
-    conditions = _conditions(
-        camera.status,
-        [
-            _condition("Assigned", False, reason, message, camera.generation, now),
-            _condition("Ready", False, reason, message, camera.generation, now),
-        ],
-        now,
-    )
-    return {"observedGeneration": camera.generation, "conditions": _dump(conditions), "reason": reason}
-
-
 def plan_site(
-    site: ObjectFacts,
-    cameras: Sequence[ObjectFacts],
-    pods_ready: Mapping[str, bool],
-    secrets: frozenset[str],
+    observed: SiteObservation,
     settings: PoolSettings,
     now: datetime,
-    reports: Mapping[str, Mapping[str, Any]] | None = None,
+    reports: Mapping[str, CameraStatusReport] | None = None,
 ) -> SitePlan:
     """Everything one reconcile pass of a Site decides.
 
-    `reports` are the ingest pods' /status entries by camera name (pulled by the handler): they
-    say whether a camera streams, and why not (AuthFailed, Timeout, ...)."""
-    reports = reports or {}
-    spec: SiteSpec = site.spec
-    cameras = sorted(cameras, key=lambda c: c.name)
-    valid = [c for c in cameras if c.spec is not None]
-    active = [c for c in valid if not c.spec.paused]
-    loads = [
-        CameraLoad(key=c.name, cost=camera_cost(c.spec, spec), dedicated=c.spec.dedicated_pod) for c in active
-    ]
-    pool = spec.ingest
-    shards = desired_pods(
-        loads, pool.pod_capacity.cameras, float(pool.pod_capacity.fps), pool.min_pods, pool.max_pods
-    )
-    assignment = (
-        assign(loads, shards, pool.pod_capacity.cameras, float(pool.pod_capacity.fps)) if shards else None
-    )
-    pool_name = names.pool_name(site.name)
-    secret_names = sorted({secret for c in active for secret in secrets_of(c.spec)})
+    `reports` are the ingest pods' reports by camera name (see reconcile.reports): they say whether
+    a camera streams, and why not (AuthFailed, Timeout, ...)."""
+    site = observed.site
+    if site.spec is None:
+        return plan_invalid_site(site, now)
+    cameras = sorted(observed.cameras, key=lambda c: c.name)
+    pool = size_pool(observed, cameras)
+    secret_names = sorted({s for c in _active(cameras) for s in secrets_of(c.spec)})
     owner = SiteRef(name=site.name, namespace=site.namespace, uid=site.uid)
-    children = build_pool(owner, spec, shards, secret_names, settings)
-
-    labels: dict[str, str | None] = {}
-    statuses: dict[str, JSON] = {}
-    events: list[Event] = []
-    ready_count = failed = 0
-    for cam in cameras:
-        if cam.spec is None:
-            statuses[cam.name] = camera_status_without_site(cam, site.name, now)
-            labels[cam.name] = None
-            failed += 1
-            continue
-        gen = cam.generation
-        pod = None
-        if cam.spec.paused or assignment is None:
-            reason = "Paused" if cam.spec.paused else "NoPods"
-            message = (
-                "paused: no pod reads it" if cam.spec.paused else "the Site's pool has no pods (maxPods 0?)"
-            )
-            wanted = [
-                _condition("Assigned", False, reason, message, gen, now),
-                _condition("Ready", False, reason, message, gen, now),
-            ]
-        else:
-            pod = f"{pool_name}-{assignment.by_camera[cam.name]}"
-            assigned = _condition("Assigned", True, "Assigned", f"assigned to pod {pod}", gen, now)
-            missing = [n for n in secrets_of(cam.spec) if n not in secrets]
-            if missing:
-                reason, message, ok = "SecretNotFound", f"Secret {missing[0]!r} does not exist", False
-            elif not pods_ready.get(pod, False):
-                reason, message, ok = "PodNotReady", f"ingest pod {pod} is not ready yet", False
-            else:
-                reason, message, ok = "PodReady", f"ingest pod {pod} is ready", True
-            wanted = [assigned]
-            report = reports.get(cam.name) if ok else None
-            if report is not None:
-                streaming = report.get("state") == "Streaming"
-                if not streaming:
-                    reason = report.get("reason") or "NotStreaming"
-                    message = (
-                        report.get("message") or f"camera is {report.get('state', 'not streaming').lower()}"
-                    )
-                    ok = False
-                    wanted.append(_condition("Streaming", False, reason, message, gen, now))
-                else:
-                    wanted.append(
-                        _condition("Streaming", True, "Streaming", f"frames arrive at pod {pod}", gen, now)
-                    )
-                    reason, message = "Streaming", f"frames arrive at pod {pod}"
-                    if report.get("reason"):  # frames arrive but are not analysed, e.g. TritonUnavailable
-                        reason, message, ok = (
-                            report["reason"],
-                            report.get("message") or report["reason"],
-                            False,
-                        )
-            wanted.append(_condition("Ready", ok, reason, message, gen, now))
-            ready_count += ok
-            failed += reason == "SecretNotFound"
-            previous = cam.labels.get(LABEL_SHARD)
-            if previous and previous != pod:
-                events.append(
-                    Event("Camera", cam.name, "Normal", "Reassigned", f"moved from {previous} to {pod}")
-                )
-        conditions = _conditions(cam.status, wanted, now)
-        old_ready = find_condition(
-            [Condition.model_validate(c) for c in cam.status.get("conditions") or []], "Ready"
-        )
-        new_ready = find_condition(conditions, "Ready")
-        # Problems the user must fix are told once, when they appear.
-        if (
-            new_ready is not None
-            and new_ready.reason in ("SecretNotFound", "InvalidSpec")
-            and (old_ready is None or old_ready.reason != new_ready.reason)
-        ):
-            events.append(Event("Camera", cam.name, "Warning", new_ready.reason, new_ready.message))
-        status: JSON = dict(cam.status)
-        status.update(observedGeneration=gen, conditions=_dump(conditions), shard=pod, pod=pod)
-        report = reports.get(cam.name) if pod else None
-        if report is not None:
-            status.update(_facts(report, cam.status, now))
-        status["reason"] = (
-            None if new_ready and new_ready.status == "True" else (new_ready.reason if new_ready else None)
-        )
-        statuses[cam.name] = {k: v for k, v in status.items() if v is not None}
-        labels[cam.name] = pod
-
-    pods_up = sum(1 for i in range(shards) if pods_ready.get(f"{pool_name}-{i}", False))
-    pool_ok = pods_up == shards
-    overloaded = assignment is not None and assignment.overloaded
-    site_conditions = _conditions(
-        site.status,
-        [
-            _condition(
-                "PoolReady",
-                pool_ok,
-                "PoolReady" if pool_ok else "PoolNotReady",
-                f"{pods_up}/{shards} ingest pods ready",
-                site.generation,
-                now,
-            ),
-            _condition(
-                "Overloaded",
-                overloaded,
-                "OverCapacity" if overloaded else "WithinCapacity",
-                "cameras exceed the pool's capacity at maxPods" if overloaded else "within capacity",
-                site.generation,
-                now,
-            ),
-            _condition(
-                "Ready",
-                pool_ok,
-                "PoolReady" if pool_ok else "PoolNotReady",
-                f"{ready_count}/{len(cameras)} cameras ready",
-                site.generation,
-                now,
-            ),
-        ],
-        now,
+    plans = {c.name: plan_camera(c, pool, (reports or {}).get(c.name), now) for c in cameras}
+    status, told = site_status(site, cameras, plans, pool, now)
+    return SitePlan(
+        children=build_pool(owner, site.spec, pool.shards, secret_names, settings),
+        unseen=frozenset() if pool.created is not None else frozenset({("StatefulSet", pool.name)}),
+        camera_labels={name: p.label for name, p in plans.items()},
+        camera_status={name: p.status for name, p in plans.items() if p.status is not None},
+        site_status=status,
+        events=[e for p in plans.values() for e in p.events] + told,
     )
-    old = find_condition(
-        [Condition.model_validate(c) for c in site.status.get("conditions") or []], "Overloaded"
+
+
+def plan_invalid_site(site: ObjectFacts, now: datetime) -> SitePlan:
+    """A Site whose spec does not parse: not ready, saying why; its pool and Cameras are left as
+    they are until the spec is fixed."""
+    wanted = condition("Ready", Verdict(False, "InvalidSpec", site.error or ""), site.generation, now)
+    ready = observed_condition(site.status, "Ready")
+    conditions = merge([ready] if ready else [], [wanted], now)
+    status = {"observedGeneration": site.generation, "conditions": dump(conditions)}
+    return SitePlan([], frozenset(), {}, {}, status, [])
+
+
+def size_pool(observed: SiteObservation, cameras: Sequence[ObjectFacts]) -> PoolView:
+    """How many ingest pods the Site needs, and which pod reads each active Camera."""
+    spec: SiteSpec = observed.site.spec
+    loads = [
+        CameraLoad(key=c.name, cost=camera_cost(c.spec, spec), dedicated=c.spec.dedicated_pod)
+        for c in _active(cameras)
+    ]
+    capacity = spec.ingest.pod_capacity
+    shards = desired_pods(
+        loads, capacity.cameras, float(capacity.fps), spec.ingest.min_pods, spec.ingest.max_pods
     )
-    if overloaded and (old is None or old.status != "True"):
-        events.append(
-            Event(
-                "Site",
-                site.name,
-                "Warning",
-                "OverCapacity",
-                f"{len(active)} cameras need more than {pool.max_pods} pods",
-            )
-        )
-    site_status = {
+    name = names.pool_name(observed.site.name)
+    return PoolView(
+        site=observed.site.name,
+        name=name,
+        shards=shards,
+        assignment=assign(loads, shards, capacity.cameras, float(capacity.fps)) if shards else None,
+        pods=pool_pods(name, observed.pods),
+        created=observed.pools.get(name),
+        secrets=observed.secrets,
+    )
+
+
+def site_status(
+    site: ObjectFacts,
+    cameras: Sequence[ObjectFacts],
+    plans: Mapping[str, CameraPlan],
+    pool: PoolView,
+    now: datetime,
+) -> tuple[JSON, list[Event]]:
+    """The Site's status, and a Warning when it becomes overloaded."""
+    pods_up = pool.ready_pods()
+    pool_ok = pods_up == pool.shards
+    overloaded = pool.assignment is not None and pool.assignment.overloaded
+    ready = sum(p.ready for p in plans.values())
+    pool_verdict = Verdict(
+        pool_ok, "PoolReady" if pool_ok else "PoolNotReady", f"{pods_up}/{pool.shards} ingest pods ready"
+    )
+    load_verdict = Verdict(
+        overloaded,
+        "OverCapacity" if overloaded else "WithinCapacity",
+        "cameras exceed the pool's capacity at maxPods" if overloaded else "within capacity",
+    )
+    cameras_verdict = Verdict(pool_ok, pool_verdict.reason, f"{ready}/{len(cameras)} cameras ready")
+    wanted = [
+        condition("PoolReady", pool_verdict, site.generation, now),
+        condition("Overloaded", load_verdict, site.generation, now),
+        condition("Ready", cameras_verdict, site.generation, now),
+    ]
+    status = {
         "observedGeneration": site.generation,
-        "conditions": _dump(site_conditions),
+        "conditions": dump(merge(observed_conditions(site.status), wanted, now)),
         "cameras": {
             "total": len(cameras),
-            "ready": ready_count,
+            "ready": ready,
             "streaming": sum(1 for c in cameras if c.status.get("streaming")),
-            "failed": failed,
+            "failed": sum(p.failed for p in plans.values()),
         },
-        "pods": {"desired": shards, "ready": pods_up},
+        "pods": {"desired": pool.shards, "ready": pods_up},
     }
-    return SitePlan(children, labels, statuses, site_status, events)
+    before = observed_condition(site.status, "Overloaded")
+    told = []
+    if overloaded and (before is None or before.status != "True"):
+        message = f"{len(_active(cameras))} cameras need more than {site.spec.ingest.max_pods} pods"
+        told.append(event("Site", site, "Warning", "OverCapacity", message))
+    return status, told
+
+
+def _active(cameras: Sequence[ObjectFacts]) -> list[ObjectFacts]:
+    """The Cameras that need a pod: valid and not paused."""
+    return [c for c in cameras if c.spec is not None and not c.spec.paused]

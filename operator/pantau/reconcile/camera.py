@@ -1,0 +1,217 @@
+"""Decisions for one Camera: its shard label, its status, the Events worth telling, and whether its
+status write waits. Pure: facts, the Site's pool and its ingest pod's report in, a CameraPlan out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+from pantau.builders import names
+from pantau.contract import LABEL_SHARD, CameraStatusReport
+from pantau.models.camera import CameraSpec
+from pantau.models.conditions import Condition, find_condition
+from pantau.reconcile.assignment import Assignment
+from pantau.reconcile.facts import JSON, Event, ObjectFacts, PodFacts, event
+from pantau.reconcile.status import Verdict, condition, dump, merge, observed_condition, observed_conditions
+
+# Problems the user must fix: told once by a Warning Event, when they appear.
+PROBLEMS: Final = ("SecretNotFound", "InvalidSpec", "SiteNotFound")
+# A pod not created yet in a pool this young is expected shortly: its Cameras' PodNotReady waits.
+POD_START_GRACE: Final = 60.0
+# Streaming counters change with every frame: written when streaming starts or stops, or when the
+# written ones are this old, so status writes stay rare while `kubectl get` stays live enough.
+FACTS_REFRESH_SECONDS: Final = 60
+FACT_KEYS: Final = (
+    "streaming",
+    "fps",
+    "framesProcessed",
+    "framesDropped",
+    "lastFrameTime",
+    "detectionCounts",
+)
+
+
+@dataclass(frozen=True)
+class PoolView:
+    """A Site's ingest pool as its Cameras' decisions see it."""
+
+    site: str
+    name: str  # the StatefulSet
+    shards: int
+    assignment: Assignment | None  # None: no shards
+    pods: Mapping[str, PodFacts] = field(default_factory=dict)  # the pool's pods the watch shows
+    created: str | None = None  # the StatefulSet's creationTimestamp; None: the watch does not show it
+    secrets: frozenset[str] = frozenset()  # the Secrets of the namespace
+
+    def pod_of(self, camera: ObjectFacts) -> str | None:
+        """The pod that reads `camera`: none while paused or while the pool has no pods."""
+        if camera.spec.paused or self.assignment is None:
+            return None
+        return names.shard_name(self.name, self.assignment.by_camera[camera.name])
+
+    def ready_pods(self) -> int:
+        shards = (self.pods.get(names.shard_name(self.name, i)) for i in range(self.shards))
+        return sum(1 for pod in shards if pod is not None and pod.ready)
+
+
+@dataclass(frozen=True)
+class CameraPlan:
+    label: str | None  # the pantau.io/shard label (None: none)
+    status: JSON | None  # the status to write; None: nothing yet (its pod is coming)
+    events: list[Event]
+    ready: bool  # counts in the Site's cameras.ready
+    failed: bool  # counts in the Site's cameras.failed: the user must fix something
+
+
+def secrets_of(spec: CameraSpec) -> list[str]:
+    """The Secrets an ingest pod reads for this camera: credentials and a TLS CA bundle."""
+    src = spec.source
+    found = [src.credentials_secret_ref.name] if src.credentials_secret_ref else []
+    if src.tls and src.tls.ca_secret_ref:
+        found.append(src.tls.ca_secret_ref.name)
+    return found
+
+
+def camera_status_without_site(camera: ObjectFacts, site_name: str, now: datetime) -> JSON:
+    """Status of a Camera whose Site does not exist (or of an invalid Camera)."""
+    if camera.spec is None:
+        verdict = Verdict(False, "InvalidSpec", camera.error or "the spec is invalid")
+    else:
+        verdict = Verdict(
+            False, "SiteNotFound", f"Site {site_name!r} does not exist in namespace {camera.namespace}"
+        )
+    wanted = [condition(t, verdict, camera.generation, now) for t in ("Assigned", "Ready")]
+    conditions = merge(observed_conditions(camera.status), wanted, now)
+    return {"observedGeneration": camera.generation, "conditions": dump(conditions), "reason": verdict.reason}
+
+
+def plan_orphan_camera(
+    camera: ObjectFacts, site_name: str, *, site_exists: bool, deleted: bool, now: datetime
+) -> CameraPlan | None:
+    """A Camera whose Site does not exist is unassigned, not ready, and told why once; None when the
+    Camera is gone or its Site exists (the Site's pass decides for it)."""
+    if deleted or site_exists:
+        return None
+    status = camera_status_without_site(camera, site_name, now)
+    told = _told(camera, find_condition(observed_conditions(status), "Ready"))
+    return CameraPlan(None, status, told, ready=False, failed=True)
+
+
+def plan_camera(
+    camera: ObjectFacts, pool: PoolView, report: CameraStatusReport | None, now: datetime
+) -> CameraPlan:
+    """A Camera of an existing Site: its pod, conditions, counters and Events."""
+    if camera.spec is None:
+        return CameraPlan(None, camera_status_without_site(camera, pool.site, now), [], False, True)
+    pod = pool.pod_of(camera)
+    wanted, verdict = _wanted(camera, pod, pool, report, now)
+    conditions = merge(observed_conditions(camera.status), wanted, now)
+    status: JSON = dict(camera.status)
+    status.update(observedGeneration=camera.generation, conditions=dump(conditions), shard=pod, pod=pod)
+    if pod is not None and report is not None:
+        status.update(report_facts(report, camera.status, now))
+    status["reason"] = None if verdict.ok else verdict.reason
+    status = {k: v for k, v in status.items() if v is not None}
+    events = _reassigned(camera, pod) + _told(camera, find_condition(conditions, "Ready"))
+    coming = pod_coming(pod, verdict, pool, now)
+    return CameraPlan(pod, None if coming else status, events, verdict.ok, verdict.reason == "SecretNotFound")
+
+
+def _wanted(
+    camera: ObjectFacts, pod: str | None, pool: PoolView, report: CameraStatusReport | None, now: datetime
+) -> tuple[list[Condition], Verdict]:
+    """The conditions a Camera should have, and the verdict its Ready condition carries."""
+    gen = camera.generation
+    if pod is None:
+        if camera.spec.paused:
+            verdict = Verdict(False, "Paused", "paused: no pod reads it")
+        else:
+            verdict = Verdict(False, "NoPods", "the Site's pool has no pods (maxPods 0?)")
+        return [condition("Assigned", verdict, gen, now), condition("Ready", verdict, gen, now)], verdict
+    wanted = [condition("Assigned", Verdict(True, "Assigned", f"assigned to pod {pod}"), gen, now)]
+    verdict = pod_verdict(camera.spec, pod, pool)
+    if verdict.ok and report is not None:
+        streaming, verdict = report_verdict(report, pod)
+        wanted.append(condition("Streaming", streaming, gen, now))
+    wanted.append(condition("Ready", verdict, gen, now))
+    return wanted, verdict
+
+
+def pod_verdict(spec: CameraSpec, pod: str, pool: PoolView) -> Verdict:
+    """Ready as far as the cluster can tell: its Secrets exist and its pod is ready."""
+    missing = [n for n in secrets_of(spec) if n not in pool.secrets]
+    if missing:
+        return Verdict(False, "SecretNotFound", f"Secret {missing[0]!r} does not exist")
+    facts = pool.pods.get(pod)
+    if facts is None or not facts.ready:
+        return Verdict(False, "PodNotReady", f"ingest pod {pod} is not ready yet")
+    return Verdict(True, "PodReady", f"ingest pod {pod} is ready")
+
+
+def report_verdict(report: CameraStatusReport, pod: str) -> tuple[Verdict, Verdict]:
+    """(Streaming, Ready) as the ingest pod reports them. Frames may arrive and still not be
+    analysed (e.g. TritonUnavailable): streaming, yet not ready."""
+    if not report.streaming:
+        stopped = Verdict(
+            False, report.reason or "NotStreaming", report.message or f"camera is {report.state.lower()}"
+        )
+        return stopped, stopped
+    flowing = Verdict(True, "Streaming", f"frames arrive at pod {pod}")
+    if report.reason:
+        return flowing, Verdict(False, report.reason, report.message or report.reason)
+    return flowing, flowing
+
+
+def report_facts(report: CameraStatusReport, observed: Mapping[str, Any], now: datetime) -> JSON:
+    """Counters from an ingest pod's report, or the written ones while they are fresh enough."""
+    last = observed.get("lastFrameTime")
+    stale = last is None or (now - _parse_time(str(last))).total_seconds() > FACTS_REFRESH_SECONDS
+    if observed.get("streaming") == report.streaming and (not report.streaming or not stale):
+        return {k: observed[k] for k in FACT_KEYS if k in observed}
+    facts: JSON = {
+        "streaming": report.streaming,
+        "fps": round(report.fps, 2),
+        "framesProcessed": report.frames_processed,
+        "framesDropped": sum(report.frames_dropped.values()),
+        "detectionCounts": dict(report.detections),
+    }
+    if report.last_frame_time is not None:
+        facts["lastFrameTime"] = _stamp(report.last_frame_time)
+    return facts
+
+
+def pod_coming(pod: str | None, verdict: Verdict, pool: PoolView, now: datetime) -> bool:
+    """A Camera whose pod is not created yet, in a pool created less than POD_START_GRACE ago (or
+    being created): its status would say PodNotReady now and PodReady seconds later, so it is
+    written once, later."""
+    if pod is None or pod in pool.pods or verdict.reason != "PodNotReady":
+        return False
+    if not pool.created:
+        return True  # the StatefulSet itself is being created
+    return (now - _parse_time(pool.created)).total_seconds() < POD_START_GRACE
+
+
+def _reassigned(camera: ObjectFacts, pod: str | None) -> list[Event]:
+    previous = camera.labels.get(LABEL_SHARD)
+    if pod is None or not previous or previous == pod:
+        return []
+    return [event("Camera", camera, "Normal", "Reassigned", f"moved from {previous} to {pod}")]
+
+
+def _told(camera: ObjectFacts, new: Condition | None) -> list[Event]:
+    """A Warning Event when the Camera's Ready reason becomes one of PROBLEMS."""
+    old = observed_condition(camera.status, "Ready")
+    if new is None or new.reason not in PROBLEMS or (old is not None and old.reason == new.reason):
+        return []
+    return [event("Camera", camera, "Warning", new.reason, new.message)]
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _stamp(moment: datetime) -> str:
+    """RFC 3339 in whole seconds, as the API server writes times."""
+    return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")

@@ -50,9 +50,6 @@ class BadCase:
         return names[-1]
 
 
-ZONE = {"name": "kiosk", "points": [[0.1, 0.1], [0.4, 0.1], [0.4, 0.4]]}
-LINE = {"name": "gate", "start": [0.1, 0.5], "end": [0.9, 0.5]}
-
 CASES: Final[tuple[BadCase, ...]] = (
     BadCase(
         "missing-site-ref",
@@ -130,55 +127,6 @@ CASES: Final[tuple[BadCase, ...]] = (
         {"spec.cameraDefaults.fps": 45},
         path="spec.cameraDefaults.fps",
         hint="set spec.cameraDefaults.fps in that range",
-    ),
-    BadCase(
-        "zone-two-points",
-        MJPEG_CAMERA,
-        {"spec.zones[0].points": [[0.1, 0.1], [0.9, 0.9]]},
-        path="spec.zones[0].points",
-        hint="needs at least 3 points",
-    ),
-    BadCase(
-        "zone-point-outside-frame",
-        MJPEG_CAMERA,
-        {"spec.zones[0].points[1]": [1.5, 0.4]},
-        path="spec.zones[0].points[1]",
-        hint="divide pixel positions by the frame width and height",
-    ),
-    BadCase(
-        "zone-point-negative",
-        MJPEG_CAMERA,
-        {"spec.zones[0].points[2]": [0.7, -0.1]},
-        path="spec.zones[0].points[2]",
-        hint="must be between 0 and 1",
-    ),
-    BadCase(
-        "line-point-outside-frame",
-        RTSP_CAMERA,
-        {"spec.lines[0].end": [640, 480]},
-        path="spec.lines[0].end",
-        hint="divide pixel positions by the frame width and height",
-    ),
-    BadCase(
-        "line-zero-length",
-        RTSP_CAMERA,
-        {"spec.lines[0].end": [0.05, 0.55]},
-        path="spec.lines[0].end",
-        hint="move spec.lines[].end away from start",
-    ),
-    BadCase(
-        "duplicate-zone-names",
-        MJPEG_CAMERA,
-        {"spec.zones": [ZONE, {**ZONE, "points": [[0.5, 0.5], [0.9, 0.5], [0.9, 0.9]]}]},
-        path="spec.zones",
-        hint="rename or remove the duplicate entry in spec.zones",
-    ),
-    BadCase(
-        "duplicate-line-names",
-        RTSP_CAMERA,
-        {"spec.lines": [LINE, {**LINE, "start": [0.5, 0.1]}]},
-        path="spec.lines",
-        hint="rename or remove the duplicate entry in spec.lines",
     ),
     BadCase(
         "min-pods-above-max-pods",

@@ -111,7 +111,7 @@ def test_schema_defaults_are_applied(samples: str, k: list[str], module_namespac
         run(k, "get", "-n", module_namespace, "camera", "pasar-minggu", "-o", "yaml").stdout
     )
     assert camera["spec"]["paused"] is False
-    assert camera["spec"]["priority"] == 50
+    assert camera["spec"]["dedicatedPod"] is False
     assert camera["spec"]["source"]["maxSessions"] == 1
     site = yaml.safe_load(run(k, "get", "-n", module_namespace, "site", "bengkulu-kota", "-o", "yaml").stdout)
     assert site["spec"]["ingest"]["podCapacity"] == {"cameras": 8, "fps": 40}

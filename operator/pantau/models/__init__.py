@@ -10,12 +10,10 @@ from pantau.models.camera import (
     CaSecretRef,
     CredentialsSecretRef,
     Detection,
-    Line,
     Sampling,
     SiteRef,
     Source,
     SourceTLS,
-    Zone,
 )
 from pantau.models.conditions import ApiModel, Condition, find_condition, set_condition
 from pantau.models.limits import MAX_FPS
@@ -60,7 +58,6 @@ __all__ = [
     "EventSink",
     "Inference",
     "IngestPool",
-    "Line",
     "Placement",
     "PodCapacity",
     "PodCounts",
@@ -73,7 +70,6 @@ __all__ = [
     "Source",
     "SourceTLS",
     "Toleration",
-    "Zone",
     "find_condition",
     "set_condition",
 ]

@@ -21,13 +21,9 @@ from pantau.models.limits import (
     DNS_SUBDOMAIN_PATTERN,
     MAX_CLASSES,
     MAX_FPS,
-    MAX_LINES,
-    MAX_PRIORITY,
     MAX_RESOLUTION,
     MAX_SESSIONS,
     MAX_URL,
-    MAX_ZONE_POINTS,
-    MAX_ZONES,
     MIN_RESOLUTION,
     SCHEMES,
 )
@@ -72,15 +68,6 @@ def _check_secret_key(value: str) -> str:
     return value
 
 
-def _check_point(value: tuple[float, float]) -> tuple[float, float]:
-    if not all(0 <= c <= 1 for c in value):
-        raise ValueError(
-            "coordinates are normalised and must be between 0 and 1: "
-            "divide pixel positions by the frame width and height"
-        )
-    return value
-
-
 def has_duplicates(values: Iterable[str]) -> bool:
     seen = list(values)
     return len(set(seen)) != len(seen)
@@ -99,8 +86,6 @@ SecretName = Annotated[str, Field(max_length=253), AfterValidator(_check_secret_
 SecretKey = Annotated[str, Field(max_length=253), AfterValidator(_check_secret_key)]
 ClassName = Annotated[str, Field(max_length=32, pattern=CLASS_NAME_PATTERN)]
 ClassNames = Annotated[tuple[ClassName, ...], Field(max_length=MAX_CLASSES), AfterValidator(_check_unique)]
-# [x, y]: x from 0 (left) to 1 (right), y from 0 (top) to 1 (bottom).
-Point = Annotated[tuple[float, float], AfterValidator(_check_point)]
 
 SourceProtocol = Literal["rtsp", "rtsps", "http-mjpeg", "http-snapshot", "file"]
 Transport = Literal["tcp", "udp"]
@@ -181,53 +166,13 @@ class Detection(ApiModel):
     min_score: Score | None = None
 
 
-class Zone(ApiModel):
-    name: DnsLabel
-    points: Annotated[tuple[Point, ...], Field(max_length=MAX_ZONE_POINTS)]
-
-    @model_validator(mode="after")
-    def _check_polygon(self) -> Zone:
-        if len(self.points) < 3:
-            raise ValueError(
-                "a zone is a polygon and needs at least 3 points: add points, "
-                "or use spec.lines for a two-point segment"
-            )
-        return self
-
-
-class Line(ApiModel):
-    """A segment from start to end; crossing it from its left to its right counts as "in"."""
-
-    name: DnsLabel
-    start: Point
-    end: Point
-
-    @model_validator(mode="after")
-    def _check_length(self) -> Line:
-        if self.start == self.end:
-            raise ValueError("a line needs two different points: move spec.lines[].end away from start")
-        return self
-
-
 class CameraSpec(ApiModel):
     site_ref: SiteRef
     paused: bool = False
-    priority: Annotated[int, Field(ge=0, le=MAX_PRIORITY)] = 50
     dedicated_pod: bool = False
     source: Source
     sampling: Sampling | None = None
     detection: Detection | None = None
-    zones: Annotated[tuple[Zone, ...], Field(max_length=MAX_ZONES)] = ()
-    lines: Annotated[tuple[Line, ...], Field(max_length=MAX_LINES)] = ()
-
-    @model_validator(mode="after")
-    def _check_names(self) -> CameraSpec:
-        for items, what in ((self.zones, "zone"), (self.lines, "line")):
-            if has_duplicates(item.name for item in items):
-                raise ValueError(
-                    f"{what} names must be unique: rename or remove the duplicate entry in spec.{what}s"
-                )
-        return self
 
 
 class CameraStatus(ApiModel):

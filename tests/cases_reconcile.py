@@ -30,9 +30,15 @@ def cam(
     secret: str | None = None,
     status: dict[str, Any] | None = None,
     labels: dict[str, str] | None = None,
+    url: str | None = None,
+    max_sessions: int = 1,
     **spec: Any,
 ) -> ObjectFacts:
-    source: dict[str, Any] = {"url": f"rtsp://10.0.0.1/{name}", "protocol": "rtsp"}
+    source: dict[str, Any] = {
+        "url": url or f"rtsp://10.0.0.1/{name}",
+        "protocol": "rtsp",
+        "maxSessions": max_sessions,
+    }
     if secret:
         source["credentialsSecretRef"] = {"name": secret}
     body = {"siteRef": {"name": "alun"}, "source": source, "sampling": {"fps": fps}, **spec}

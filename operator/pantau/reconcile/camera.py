@@ -17,7 +17,7 @@ from pantau.reconcile.facts import JSON, Event, ObjectFacts, PodFacts, event
 from pantau.reconcile.status import Verdict, condition, dump, merge, observed_condition, observed_conditions
 
 # Problems the user must fix: told once by a Warning Event, when they appear.
-PROBLEMS: Final = ("SecretNotFound", "InvalidSpec", "SiteNotFound")
+PROBLEMS: Final = ("SecretNotFound", "InvalidSpec", "SiteNotFound", "SessionLimit")
 # A pod not created yet in a pool this young is expected shortly: its Cameras' PodNotReady waits.
 POD_START_GRACE: Final = 60.0
 # Streaming counters change with every frame: written when streaming starts or stops, or when the
@@ -44,10 +44,12 @@ class PoolView:
     pods: Mapping[str, PodFacts] = field(default_factory=dict)  # the pool's pods the watch shows
     created: str | None = None  # the StatefulSet's creationTimestamp; None: the watch does not show it
     secrets: frozenset[str] = frozenset()  # the Secrets of the namespace
+    over_budget: Mapping[str, str] = field(default_factory=dict)  # camera -> why no session (sessions.py)
 
     def pod_of(self, camera: ObjectFacts) -> str | None:
-        """The pod that reads `camera`: none while paused or while the pool has no pods."""
-        if camera.spec.paused or self.assignment is None:
+        """The pod that reads `camera`: none while paused, over its source's session budget, or
+        while the pool has no pods."""
+        if camera.spec.paused or camera.name in self.over_budget or self.assignment is None:
             return None
         return names.shard_name(self.name, self.assignment.by_camera[camera.name])
 
@@ -116,7 +118,8 @@ def plan_camera(
     status = {k: v for k, v in status.items() if v is not None}
     events = _reassigned(camera, pod) + _told(camera, find_condition(conditions, "Ready"))
     coming = pod_coming(pod, verdict, pool, now)
-    return CameraPlan(pod, None if coming else status, events, verdict.ok, verdict.reason == "SecretNotFound")
+    failed = verdict.reason in ("SecretNotFound", "SessionLimit")
+    return CameraPlan(pod, None if coming else status, events, verdict.ok, failed)
 
 
 def _wanted(
@@ -127,6 +130,8 @@ def _wanted(
     if pod is None:
         if camera.spec.paused:
             verdict = Verdict(False, "Paused", "paused: no pod reads it")
+        elif camera.name in pool.over_budget:
+            verdict = Verdict(False, "SessionLimit", pool.over_budget[camera.name])
         else:
             verdict = Verdict(False, "NoPods", "the Site's pool has no pods (maxPods 0?)")
         return [condition("Assigned", verdict, gen, now), condition("Ready", verdict, gen, now)], verdict

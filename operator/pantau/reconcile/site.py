@@ -21,6 +21,7 @@ from pantau.reconcile.assignment import CameraLoad, assign, desired_pods
 from pantau.reconcile.camera import CameraPlan, PoolView, plan_camera, secrets_of
 from pantau.reconcile.facts import JSON, Event, ObjectFacts, SiteObservation, event
 from pantau.reconcile.reports import pool_pods
+from pantau.reconcile.sessions import over_budget
 from pantau.reconcile.status import Verdict, condition, dump, merge, observed_condition, observed_conditions
 
 FULL_HD = 1920 * 1080
@@ -59,7 +60,9 @@ def plan_site(
         return plan_invalid_site(site, now)
     cameras = sorted(observed.cameras, key=lambda c: c.name)
     pool = size_pool(observed, cameras)
-    secret_names = sorted({s for c in _active(cameras) for s in secrets_of(c.spec)})
+    secret_names = sorted(
+        {s for c in _active(cameras) if c.name not in pool.over_budget for s in secrets_of(c.spec)}
+    )
     owner = SiteRef(name=site.name, namespace=site.namespace, uid=site.uid)
     plans = {c.name: plan_camera(c, pool, (reports or {}).get(c.name), now) for c in cameras}
     status, told = site_status(site, cameras, plans, pool, now)
@@ -86,9 +89,11 @@ def plan_invalid_site(site: ObjectFacts, now: datetime) -> SitePlan:
 def size_pool(observed: SiteObservation, cameras: Sequence[ObjectFacts]) -> PoolView:
     """How many ingest pods the Site needs, and which pod reads each active Camera."""
     spec: SiteSpec = observed.site.spec
+    refused = over_budget(_active(cameras))
     loads = [
         CameraLoad(key=c.name, cost=camera_cost(c.spec, spec), dedicated=c.spec.dedicated_pod)
         for c in _active(cameras)
+        if c.name not in refused
     ]
     capacity = spec.ingest.pod_capacity
     shards = desired_pods(
@@ -103,6 +108,7 @@ def size_pool(observed: SiteObservation, cameras: Sequence[ObjectFacts]) -> Pool
         pods=pool_pods(name, observed.pods),
         created=observed.pools.get(name),
         secrets=observed.secrets,
+        over_budget=refused,
     )
 
 

@@ -151,7 +151,22 @@ class _Counters:
         )
 
 
-class JsonLinesSink:
+class _Closing:
+    """`async with sink:` closes the sink (its `aclose`, with the default grace) on the way out."""
+
+    async def aclose(self, grace: float = 10.0) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class JsonLinesSink(_Closing):
     """One JSON object per line, flushed per event: to stdout by default, or to a stream or file path
     (appended to). Writing a line to the pod log is fast enough to do inline."""
 
@@ -202,14 +217,6 @@ class JsonLinesSink:
             else:
                 self._stream.flush()
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
 
 Outcome = Literal["delivered", "retry", "rejected"]
 
@@ -232,7 +239,7 @@ def _retry_after(response: httpx.Response) -> float | None:
     return max(0.0, seconds)
 
 
-class WebhookSink:
+class WebhookSink(_Closing):
     """Events POSTed to `url` as JSON arrays of up to `batch_size` events, in order, one request at a time.
 
     Buffer: at most `buffer_size` events are held (the batch in flight included). While the receiver is
@@ -456,16 +463,8 @@ class WebhookSink:
             await self._client.aclose()
             self._client = None
 
-    async def __aenter__(self) -> Self:
-        return self
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-
-class MultiSink:
+class MultiSink(_Closing):
     """The same event to every sink; one failing sink does not stop the others."""
 
     def __init__(self, sinks: Sequence[EventSink], *, name: str = "all") -> None:
@@ -514,11 +513,3 @@ class MultiSink:
         for sink, result in zip(self._sinks, results, strict=True):
             if isinstance(result, BaseException):
                 log.error("event sink %s: close failed: %s", sink.name, type(result).__name__)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()

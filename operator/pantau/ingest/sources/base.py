@@ -417,6 +417,22 @@ class Source:
         following = due + self._interval
         self._next_due = now if following < now else following
 
+    def _sample(self, frame: av.VideoFrame, item: _Item, due: float, decode_seconds: float) -> Sample:
+        """The sample of a decoded frame; moves the schedule on to the next one."""
+        sample = Sample(
+            image=self._convert(frame),
+            orig_hw=(frame.height, frame.width),
+            captured_at=item.wall,
+            seq=self._seq,
+            keyframe=item.keyframe,
+            decode_seconds=decode_seconds,
+        )
+        # The schedule starts at the first sample, however long the first frame took to come.
+        now = time.monotonic()
+        self._advance(now if self._seq == 0 else due, now)
+        self._seq += 1
+        return sample
+
 
 class _StreamingSource(Source):
     """A source whose reader thread receives frames continuously; read() samples the newest one."""
@@ -511,20 +527,7 @@ class _StreamingSource(Source):
                     break
                 if time.monotonic() - self._decoded_at > self.cfg.read_timeout:
                     raise self._fail("NoFrames", "the images received cannot be decoded")
-            image = self._convert(frame)
-            sample = Sample(
-                image=image,
-                orig_hw=(frame.height, frame.width),
-                captured_at=item.wall,
-                seq=self._seq,
-                keyframe=item.keyframe,
-                decode_seconds=item.decode_seconds + time.perf_counter() - started,
-            )
-            # The schedule starts at the first sample, however long the first frame took to come.
-            now = time.monotonic()
-            self._advance(now if self._seq == 0 else due, now)
-            self._seq += 1
-            return sample
+            return self._sample(frame, item, due, item.decode_seconds + time.perf_counter() - started)
 
     def _await(self, due: float) -> _Item:
         """The newest item not sampled yet, once `due` has come; raise the session's failure."""

@@ -292,20 +292,7 @@ class _SnapshotSource(Source):
                 self._advance(due, time.monotonic())
             with self._cond:
                 self._frames_decoded += 1
-            image = self._convert(frame)
-            sample = Sample(
-                image=image,
-                orig_hw=(frame.height, frame.width),
-                captured_at=item.wall,
-                seq=self._seq,
-                keyframe=True,
-                decode_seconds=time.perf_counter() - started,
-            )
-            # The schedule starts at the first sample, however long the first frame took to come.
-            now = time.monotonic()
-            self._advance(now if self._seq == 0 else due, now)
-            self._seq += 1
-            return sample
+            return self._sample(frame, item, due, time.perf_counter() - started)
 
     def _shutdown(self) -> None:
         # Wait for a GET in flight (bounded by the client's timeouts) before closing the client.

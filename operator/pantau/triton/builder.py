@@ -152,25 +152,33 @@ def configs(size: int, options: BuildOptions) -> dict[str, mc.ModelConfig]:
         return out
 
     raw = contract.Tensor(contract.RAW, "TYPE_FP32", (sum((size // s) ** 2 for s in yolox.STRIDES), 85))
-    onnx_model = mc.ModelConfig(
-        name="yolox_onnx", platform="onnxruntime_onnx", max_batch_size=contract.MAX_BATCH
-    )
-    onnx_model.input.append(_tensor(contract.image_input(size), mc.ModelInput))
-    onnx_model.output.append(_tensor(raw, mc.ModelOutput))
-    onnx_model.dynamic_batching.CopyFrom(
+    out["yolox_onnx"] = _onnx_model(size, raw, options)
+    post_model = _python_model("yolox_post", (raw, contract.ORIG_HW), options, post)
+    post_model.ClearField("dynamic_batching")  # the ensemble's batches arrive already formed
+    out["yolox_post"] = post_model
+    out[contract.MODEL] = _ensemble(size, raw)
+    return out
+
+
+def _onnx_model(size: int, raw: contract.Tensor, options: BuildOptions) -> mc.ModelConfig:
+    """gpu target: the network alone, on the onnxruntime backend, dynamically batched."""
+    model = mc.ModelConfig(name="yolox_onnx", platform="onnxruntime_onnx", max_batch_size=contract.MAX_BATCH)
+    model.input.append(_tensor(contract.image_input(size), mc.ModelInput))
+    model.output.append(_tensor(raw, mc.ModelOutput))
+    model.dynamic_batching.CopyFrom(
         mc.ModelDynamicBatching(
             preferred_batch_size=list(options.preferred_batch_sizes),
             max_queue_delay_microseconds=options.max_queue_delay_us,
         )
     )
-    onnx_model.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_GPU, count=1))
-    out["yolox_onnx"] = onnx_model
-    post_model = _python_model("yolox_post", (raw, contract.ORIG_HW), options, post)
-    post_model.ClearField("dynamic_batching")  # the ensemble's batches arrive already formed
-    out["yolox_post"] = post_model
+    model.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_GPU, count=1))
+    return model
 
+
+def _ensemble(size: int, raw: contract.Tensor) -> mc.ModelConfig:
+    """gpu target: `yolox` = yolox_onnx, then yolox_post, behind the same contract as the cpu model."""
     ensemble = mc.ModelConfig(name=contract.MODEL, platform="ensemble", max_batch_size=contract.MAX_BATCH)
-    ensemble.input.extend(_tensor(t, mc.ModelInput) for t in detector_inputs)
+    ensemble.input.extend(_tensor(t, mc.ModelInput) for t in contract.inputs(contract.MODEL, size))
     ensemble.output.extend(_tensor(t, mc.ModelOutput) for t in contract.OUTPUTS)
     images = contract.image_input(size).name
     steps = ensemble.ensemble_scheduling.step
@@ -190,8 +198,7 @@ def configs(size: int, options: BuildOptions) -> dict[str, mc.ModelConfig]:
             output_map={t.name: t.name for t in contract.OUTPUTS},
         )
     )
-    out[contract.MODEL] = ensemble
-    return out
+    return ensemble
 
 
 # Model name -> the folder under backends/ holding its model.py (Python backend only).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,6 +20,9 @@ class OperatorSettings(BaseSettings):
         default=(), description="Namespaces to watch; empty = all (cluster-wide)."
     )
     ingest_image: str = Field(default="ghcr.io/pantau/pantau:0.1.0", description="Default ingest pod image.")
+    ingest_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        default="IfNotPresent", description="imagePullPolicy of the ingest pods."
+    )
     triton_address: str = Field(default="triton.pantau.svc:8001", description="Default Triton gRPC address.")
     model: str = Field(default="yolox", description="Default detector model name.")
     otlp_endpoint: str | None = Field(default=None, description="OTLP endpoint handed to ingest pods.")
@@ -41,6 +45,15 @@ class OperatorSettings(BaseSettings):
         default=False,
         description="Kopf peering (one active operator among replicas); needs the peering CRDs.",
     )
+    peering_name: str = Field(default="pantau", description="The ClusterKopfPeering (or KopfPeering) object.")
+    peering_lifetime: int = Field(
+        default=15, ge=5, description="Seconds a silent peer counts as alive: a standby takes over after it."
+    )
+    secret_refresh: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds a Secret seen to exist is trusted before it is checked again.",
+    )
     api_concurrency: int = Field(default=8, ge=1, description="API requests the operator keeps in flight.")
     status_networks: tuple[str, ...] = Field(
         default=(),
@@ -62,4 +75,5 @@ class OperatorSettings(BaseSettings):
             triton_address=self.triton_address,
             model=self.model,
             otlp_endpoint=self.otlp_endpoint,
+            image_pull_policy=self.ingest_pull_policy,
         )

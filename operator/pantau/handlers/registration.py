@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,7 +43,19 @@ def configure(settings: kopf.OperatorSettings, ours: OperatorSettings) -> None:
     settings.watching.inactivity_timeout = ours.inactivity_timeout
     settings.posting.reporting_component = "pantau-operator"
     settings.posting.level = logging.WARNING  # only warnings of the framework become Events
+    # The CRDs are installed before the operator (the chart's crds/): no need to watch for new ones,
+    # which would need list/watch on every CustomResourceDefinition.
+    settings.scanning.disabled = True
     settings.peering.standalone = not ours.peering
+    if ours.peering:
+        # Each replica draws its priority at start; the highest acts, the others wait. A standby takes
+        # over once the active one's entry is `lifetime` seconds old. Mandatory: a missing peering
+        # object stops the operator instead of letting replicas run unpaired.
+        settings.peering.name = ours.peering_name
+        settings.peering.clusterwide = not ours.namespaces
+        settings.peering.mandatory = True
+        settings.peering.lifetime = ours.peering_lifetime
+        settings.peering.priority = random.SystemRandom().randint(1, 1_000_000)
 
 
 @kopf.on.startup()
@@ -75,11 +88,6 @@ def camera_index(
 ) -> dict[tuple[str, str], ObjectFacts]:
     site = (spec.get("siteRef") or {}).get("name", "")
     return {(namespace or "", site): OperatorState.camera_facts(body)}
-
-
-@kopf.index("v1", "secrets")
-def secret_index(namespace: str | None, name: str, **_: Any) -> dict[str, str]:
-    return {namespace or "": name}  # names only: the operator never reads Secret data
 
 
 @kopf.index("v1", "pods", labels=MANAGED)
@@ -126,12 +134,6 @@ async def camera_changed(
         await state.apply_camera_plan(camera, plan)
     except ApiError as exc:
         log.warning("camera %s/%s: status not written: %s", ns, camera.name, exc)
-
-
-@kopf.on.event("v1", "secrets")
-def secret_changed(namespace: str | None, memo: Any, type: str, **_: Any) -> None:
-    if type in ("ADDED", "DELETED"):  # existence is all that matters
-        memo["state"].mark_namespace(namespace or "")
 
 
 @kopf.on.event("v1", "pods", labels=MANAGED)

@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,7 +31,7 @@ from pantau.k8s.api import KubeApi
 from pantau.models import GROUP, VERSION
 from pantau.models.camera import CameraSpec
 from pantau.models.site import SiteSpec
-from pantau.reconcile.camera import CameraPlan
+from pantau.reconcile.camera import CameraPlan, secrets_of
 from pantau.reconcile.facts import Event, ObjectFacts, PodFacts, SiteObservation
 from pantau.reconcile.reports import camera_reports, pods_to_poll
 from pantau.reconcile.site import SitePlan, plan_site
@@ -120,6 +121,28 @@ async def pull_reports(
     return {pod: report for pod, report in zip(targets, found, strict=True) if report is not None}
 
 
+class SecretCache:
+    """Which of the Secrets that Cameras name exist, asked one by one for their metadata only: the
+    operator neither lists nor watches Secrets, nor ever receives their data. A Secret seen to exist
+    is trusted for `refresh` seconds; a missing one is asked for again on every pass, so creating it
+    is noticed at the next pass."""
+
+    def __init__(self, api: KubeApi, refresh: float) -> None:
+        self._api, self._refresh = api, refresh
+        self._seen: dict[tuple[str, str], float] = {}  # (namespace, name) -> when it was seen to exist
+
+    async def present(self, namespace: str, names: Iterable[str]) -> frozenset[str]:
+        now = time.monotonic()
+        stale = sorted(n for n in names if now - self._seen.get((namespace, n), -math.inf) > self._refresh)
+        found = await asyncio.gather(*(self._api.exists("v1", "Secret", namespace, n) for n in stale))
+        for name, exists in zip(stale, found, strict=True):
+            if exists:
+                self._seen[(namespace, name)] = now
+            else:
+                self._seen.pop((namespace, name), None)
+        return frozenset(n for n in names if (namespace, n) in self._seen)
+
+
 @dataclass
 class OperatorState:
     settings: OperatorSettings
@@ -127,6 +150,10 @@ class OperatorState:
     http: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=2.0))
     dirty: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     written: dict[tuple[str, ...], tuple[str, float]] = field(default_factory=dict)
+    secrets: SecretCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.secrets = SecretCache(self.api, self.settings.secret_refresh)
 
     @classmethod
     def create(cls, settings: OperatorSettings) -> OperatorState:
@@ -255,8 +282,11 @@ def _first(store: Iterable[Any] | None) -> Any:
     return next(iter(store), None) if store is not None else None
 
 
-def observe_site(namespace: str, name: str, indexes: Mapping[str, Any]) -> SiteObservation | None:
-    """What the indexes hold for one Site's pass; None once the Site is gone."""
+def observe_site(
+    namespace: str, name: str, indexes: Mapping[str, Any], secrets: frozenset[str] = frozenset()
+) -> SiteObservation | None:
+    """What the indexes hold for one Site's pass (and `secrets`, the Secrets seen to exist); None once
+    the Site is gone."""
     site: ObjectFacts | None = _first(indexes["site_index"].get((namespace, name)))
     if site is None:
         return None
@@ -267,7 +297,7 @@ def observe_site(namespace: str, name: str, indexes: Mapping[str, Any]) -> SiteO
         cameras=tuple(indexes["camera_index"].get((namespace, name), [])),
         pods={pod: PodFacts(*facts) for pod, facts in pods.items() if facts is not None},
         pools={pool: created for pool, created in pools.items() if created is not None},
-        secrets=frozenset(indexes["secret_index"].get(namespace, [])),
+        secrets=secrets,
     )
 
 
@@ -276,6 +306,8 @@ async def reconcile_site(state: OperatorState, namespace: str, name: str, indexe
     observed = observe_site(namespace, name, indexes)
     if observed is None:
         return
+    named = {s for c in observed.cameras if c.spec is not None for s in secrets_of(c.spec)}
+    observed = replace(observed, secrets=await state.secrets.present(namespace, named))
     pulled = await state.pull_reports(pods_to_poll(observed, state.settings.may_poll))
     reports = camera_reports(pulled, observed)
     plan = plan_site(observed, state.settings.pool(), datetime.now(UTC), reports)

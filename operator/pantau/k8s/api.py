@@ -59,6 +59,10 @@ def object_path(api_version: str, kind: str, namespace: str | None, name: str | 
     return f"{prefix}{ns}/{_PLURALS[kind]}" + (f"/{name}" if name else "")
 
 
+# Content negotiation for metadata only (PartialObjectMetadata), as kubectl's --show-managed-fields does.
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+
+
 class KubeApi:
     def __init__(self, http: httpx.AsyncClient, field_manager: str, concurrency: int, token: _Token) -> None:
         self._http = http
@@ -99,8 +103,9 @@ class KubeApi:
         params: Mapping[str, str] | None = None,
         body: JSON | None = None,
         content_type: str = "application/json",
+        accept: str = "application/json",
     ) -> JSON:
-        headers = {"Content-Type": content_type, "Accept": "application/json", **self._token.header()}
+        headers = {"Content-Type": content_type, "Accept": accept, **self._token.header()}
         content = json.dumps(body).encode() if body is not None else None
         async with self._slots:
             try:
@@ -136,6 +141,17 @@ class KubeApi:
             if exc.not_found:
                 return None
             raise
+
+    async def exists(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
+        """Whether the object exists, asking for its metadata only: for a Secret, the caller never
+        receives (and so never holds) its data."""
+        try:
+            await self._request("GET", object_path(api_version, kind, namespace, name), accept=METADATA_ONLY)
+        except ApiError as exc:
+            if exc.not_found:
+                return False
+            raise
+        return True
 
     async def list_objects(
         self, api_version: str, kind: str, namespace: str | None, label_selector: str = ""

@@ -81,3 +81,18 @@ def status(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
         print(info.model_dump_json(indent=2))
     else:
         _print_info(info)
+
+
+@dev_app.command("lint-chart")
+def lint_chart() -> None:
+    """helm lint --strict, and helm template applied with kubectl --dry-run=server into a namespace that
+    enforces restricted Pod Security, on a throwaway control plane (part of `make lint`)."""
+    from pantau_dev.chart import lint_on_throwaway_stack
+
+    with console.status("linting charts/pantau on a throwaway control plane ..."):
+        problems = lint_on_throwaway_stack(DevSettings())
+    for problem in problems:
+        console.print(f"[red]{problem}[/red]")
+    if problems:
+        raise typer.Exit(1)
+    console.print("charts/pantau: lint and server-side dry run clean")

@@ -47,6 +47,23 @@ def build_command(
         console.print(f"wrote {name}: {folder}")
 
 
+@model_app.command("fetch")
+def fetch_command(
+    url: Annotated[str, typer.Option(help="Where the ONNX file is published (http:// or https://).")],
+    sha256: Annotated[str, typer.Option(help="Its published SHA-256; the download must match it.")],
+    out: Annotated[Path, typer.Option(help="File to write (only once the checksum matches).")],
+) -> None:
+    """Download a model file and check its SHA-256 (for a model repository built at start-up)."""
+    from pantau.triton.fetch import FetchError, fetch
+
+    try:
+        fetch(url, sha256, out)
+    except FetchError as exc:
+        console.print(f"[red]cannot fetch the model:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    console.print(f"wrote {out}")
+
+
 def detect(
     path: Annotated[Path, typer.Argument(help="An image (JPEG, PNG, ...) or a video file.")],
     triton: Annotated[

@@ -1,0 +1,118 @@
+"""The Helm chart on the local stack: helm and kubectl as a user runs them, and the chart's lint
+(`pantau dev lint-chart`, part of `make lint`): `helm lint --strict`, then `helm template` applied
+with `kubectl apply --dry-run=server` into a namespace that enforces the restricted Pod Security
+Standard, on a throwaway control plane."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from pantau_dev.settings import REPO_ROOT, DevSettings
+from pantau_dev.stack import DevStack
+
+CHART = REPO_ROOT / "charts" / "pantau"
+# Values a lint or a dry-run needs: a model source for Triton (the chart refuses to guess one).
+LINT_VALUES = CHART / "ci" / "lint-values.yaml"
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/warn": "restricted",
+    "pod-security.kubernetes.io/audit": "restricted",
+}
+
+
+class Tools:
+    """helm and kubectl of the stack, pointed at its API server."""
+
+    def __init__(self, settings: DevSettings, kubeconfig: Path) -> None:
+        self.helm_bin = settings.bin_dir("helm") / "helm"
+        self.kubectl_bin = settings.bin_dir("k8s") / "kubectl"
+        self.kubeconfig = kubeconfig
+        self.kube_version = settings.versions["k8s"]
+
+    def _run(
+        self, argv: Sequence[str], stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            list(argv), input=stdin, capture_output=True, text=True, check=False, timeout=300
+        )
+        if check and result.returncode != 0:
+            raise RuntimeError(
+                f"{' '.join(argv[:3])} ... failed ({result.returncode}): {result.stderr.strip()[-2000:]}"
+            )
+        return result
+
+    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self._run([str(self.helm_bin), "--kubeconfig", str(self.kubeconfig), *args], check=check)
+
+    def kubectl(
+        self, *args: str, stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        return self._run([str(self.kubectl_bin), "--kubeconfig", str(self.kubeconfig), *args], stdin, check)
+
+    def template(
+        self, namespace: str, *values: Path, sets: Sequence[str] = (), release: str = "pantau"
+    ) -> str:
+        args = [
+            "template",
+            release,
+            str(CHART),
+            "--namespace",
+            namespace,
+            "--kube-version",
+            self.kube_version,
+        ]
+        for path in values:
+            args += ["--values", str(path)]
+        for item in sets:
+            args += ["--set", item]
+        return self.helm(*args).stdout
+
+    def restricted_namespace(self, name: str) -> None:
+        manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": RESTRICTED}}
+        self.kubectl("apply", "-f", "-", stdin=_json(manifest))
+
+    def install_crds(self) -> None:
+        self.kubectl("apply", "--server-side", "-f", str(CHART / "crds"))
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+
+
+def _json(obj: object) -> str:
+    import json
+
+    return json.dumps(obj)
+
+
+def lint(tools: Tools, namespace: str = "pantau-lint") -> list[str]:
+    """Problems of the chart: lint findings, objects the API server refuses, Pod Security warnings."""
+    problems: list[str] = []
+    result = tools.helm("lint", "--strict", str(CHART), "--values", str(LINT_VALUES), check=False)
+    if result.returncode != 0:
+        problems.append(f"helm lint: {result.stdout.strip()[-2000:]} {result.stderr.strip()[-2000:]}")
+    tools.install_crds()
+    tools.restricted_namespace(namespace)
+    rendered = tools.template(namespace, LINT_VALUES)
+    applied = tools.kubectl(
+        "apply", "--dry-run=server", "-n", namespace, "-f", "-", stdin=rendered, check=False
+    )
+    if applied.returncode != 0:
+        problems.append(f"kubectl apply --dry-run=server: {applied.stderr.strip()[-2000:]}")
+    problems += [f"Pod Security: {line}" for line in applied.stderr.splitlines() if "PodSecurity" in line]
+    return problems
+
+
+def lint_on_throwaway_stack(settings: DevSettings) -> list[str]:
+    """`lint` on a control plane of its own (no node, no Triton, no Jaeger), stopped afterwards."""
+    with tempfile.TemporaryDirectory(prefix="pantau-lint-") as state:
+        stack = DevStack(
+            settings.model_copy(
+                update={"state_dir": Path(state), "with_triton": False, "with_jaeger": False, "kwok_nodes": 0}
+            )
+        )
+        try:
+            stack.up()
+            return lint(Tools(stack.settings, stack.kubeconfig))
+        finally:
+            stack.down(purge=True)

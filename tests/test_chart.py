@@ -1,0 +1,192 @@
+"""charts/pantau: rendered as a user would render it, checked by the API server, and least privilege
+proven with `kubectl auth can-i` against the real RBAC authorizer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pantau_dev.chart import CHART, LINT_VALUES, Tools, lint
+from pantau_dev.settings import REPO_ROOT, DevSettings
+from pantau_dev.stack import DevStack
+
+JSON = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def offline() -> Tools:
+    """helm for rendering only (no API server is asked)."""
+    return Tools(DevSettings(), Path("/nonexistent-kubeconfig"))
+
+
+def render(tools: Tools, *sets: str, values: tuple[Path, ...] = (LINT_VALUES,)) -> list[JSON]:
+    return [d for d in yaml.safe_load_all(tools.template("pantau-system", *values, sets=sets)) if d]
+
+
+def test_chart_crds_are_the_crds_of_the_repository() -> None:
+    for crd in sorted((REPO_ROOT / "crds").glob("*.yaml")):
+        assert (CHART / "crds" / crd.name).read_bytes() == crd.read_bytes(), f"charts/pantau/crds/{crd.name}"
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["operator.replica=2"], "additional properties 'replica' not allowed"),
+        (["operator.replicas=two"], "/operator/replicas"),
+        (["image.pullPolicy=Sometimes"], "value must be one of 'Always', 'IfNotPresent', 'Never'"),
+        (["triton.model.sha256=abc"], "/triton/model/sha256"),
+        (["otel.env.SAMPLER=x"], "'SAMPLER' does not match pattern '^OTEL_[A-Z0-9_]+$'"),
+        (["operator.replicas=2", "operator.peering.enabled=false"], "needs operator.peering.enabled"),
+        (["triton.enabled=false"], "triton.address is required when triton.enabled is false"),
+    ],
+)
+def test_bad_values_are_refused_with_the_key(offline: Tools, sets: list[str], message: str) -> None:
+    with pytest.raises(RuntimeError, match="failed") as info:
+        render(offline, *sets)
+    assert message in str(info.value)
+
+
+def test_a_triton_needs_a_model_source(offline: Tools) -> None:
+    with pytest.raises(RuntimeError, match="must say where the ONNX model comes from"):
+        render(offline, values=())
+    with pytest.raises(RuntimeError, match=r"sha256 is required with triton\.model\.url"):
+        render(offline, "triton.model.url=https://models.example/yolox.onnx", values=())
+
+
+def _pods(docs: list[JSON]) -> list[tuple[str, JSON]]:
+    """(kind/name, pod spec) of every workload and Pod."""
+    found: list[tuple[str, JSON]] = []
+    for d in docs:
+        name = f"{d['kind']}/{d['metadata']['name']}"
+        if d["kind"] in ("Deployment", "StatefulSet"):
+            found.append((name, d["spec"]["template"]["spec"]))
+        elif d["kind"] == "Pod":
+            found.append((name, d["spec"]))
+    return found
+
+
+def test_every_container_runs_restricted_with_resources(offline: Tools) -> None:
+    pods = _pods(render(offline))
+    assert {name.split("/")[0] for name, _ in pods} == {"Deployment", "Pod"}
+    for name, spec in pods:
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            where = f"{name} {c['name']}"
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, where
+            assert sc["readOnlyRootFilesystem"] is True, where
+            assert sc["capabilities"] == {"drop": ["ALL"]}, where
+            assert c["resources"]["requests"], where
+            assert c["resources"]["limits"]["memory"], where
+
+
+def test_otel_values_reach_the_operator(offline: Tools) -> None:
+    (operator,) = [
+        d for d in render(offline) if d["kind"] == "Deployment" and "operator" in d["metadata"]["name"]
+    ]
+    env = {e["name"]: e.get("value") for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == env["PANTAU_OTLP_ENDPOINT"]
+    assert env["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+    assert env["OTEL_TRACES_SAMPLER_ARG"] == "0.5"
+    assert env["PANTAU_PEERING"] == "true"
+
+
+def test_the_operator_clusterrole_asks_for_no_more_than_it_needs(offline: Tools) -> None:
+    (role,) = [d for d in render(offline) if d["kind"] == "ClusterRole"]
+    rules = role["rules"]
+    for rule in rules:
+        assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
+        assert not {"escalate", "bind", "impersonate", "delete", "deletecollection"} & set(rule["verbs"]), (
+            rule
+        )
+    secrets = [r for r in rules if "secrets" in r["resources"]]
+    assert [r["verbs"] for r in secrets] == [["get"]]
+    assert not [r for r in rules if "pods" in r["resources"] and "create" in r["verbs"]]
+
+
+def test_service_monitor_and_pdbs_render_when_enabled(offline: Tools) -> None:
+    kinds = [d["kind"] for d in render(offline, "serviceMonitor.enabled=true", "triton.pdb.enabled=true")]
+    assert kinds.count("PodDisruptionBudget") == 2
+    assert "ServiceMonitor" in kinds
+
+
+# ----- on the API server -----
+
+
+@pytest.fixture(scope="module")
+def tools(dev_stack: DevStack) -> Tools:
+    return Tools(dev_stack.settings, dev_stack.kubeconfig)
+
+
+@pytest.mark.integration
+def test_the_api_server_accepts_the_chart_under_restricted_pod_security(tools: Tools) -> None:
+    assert lint(tools, namespace="pantau-chart-lint") == []
+
+
+@pytest.mark.integration
+def test_a_privileged_value_is_caught_by_the_lint(tools: Tools) -> None:
+    tools.restricted_namespace("pantau-chart-priv")
+    rendered = tools.template(
+        "pantau-chart-priv", LINT_VALUES, sets=["operator.securityContext.allowPrivilegeEscalation=true"]
+    )
+    applied = tools.kubectl(
+        "apply", "--dry-run=server", "-n", "pantau-chart-priv", "-f", "-", stdin=rendered, check=False
+    )
+    assert "would violate PodSecurity" in applied.stderr
+    assert "allowPrivilegeEscalation" in applied.stderr
+
+
+@pytest.fixture(scope="module")
+def rbac_only(tools: Tools) -> Iterator[str]:
+    """The chart's ServiceAccount, ClusterRole and binding applied for real (nothing else)."""
+    namespace = "pantau-rbac"
+    tools.kubectl("create", "namespace", namespace)
+    docs = [
+        d
+        for d in yaml.safe_load_all(tools.template(namespace, LINT_VALUES, release="rbac"))
+        if d and d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")
+    ]
+    tools.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
+    yield f"system:serviceaccount:{namespace}:rbac-pantau-operator"
+    tools.kubectl("delete", "-f", "-", stdin=yaml.safe_dump_all(docs), check=False)
+    tools.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("verb", "resource", "scope", "allowed"),
+    [
+        ("list", "secrets", "--all-namespaces", False),
+        ("watch", "secrets", "--all-namespaces", False),
+        ("list", "secrets", "-n=default", False),
+        ("get", "secrets", "-n=default", True),  # to grant it, by name, in a pool's Role
+        ("create", "pods", "-n=default", False),
+        ("create", "pods", "-n=kube-system", False),
+        ("escalate", "roles.rbac.authorization.k8s.io", "-n=default", False),
+        ("bind", "clusterroles.rbac.authorization.k8s.io", "--all-namespaces", False),
+        ("create", "clusterrolebindings.rbac.authorization.k8s.io", "--all-namespaces", False),
+        ("impersonate", "serviceaccounts", "--all-namespaces", False),
+        ("delete", "statefulsets.apps", "-n=default", False),
+        ("patch", "cameras.pantau.io", "-n=default", True),
+        ("patch", "sites.pantau.io", "--subresource=status", True),
+        ("create", "statefulsets.apps", "-n=default", True),
+    ],
+)
+def test_the_operator_may_do_only_what_it_needs(
+    tools: Tools, rbac_only: str, verb: str, resource: str, scope: str, allowed: bool
+) -> None:
+    args = (
+        [scope]
+        if scope.startswith("--all")
+        else [scope, "-n=default"]
+        if scope.startswith("--sub")
+        else [scope]
+    )
+    result = tools.kubectl("auth", "can-i", verb, resource, *args, f"--as={rbac_only}", check=False)
+    answer = result.stdout.strip()
+    assert answer == ("yes" if allowed else "no"), f"{verb} {resource} {scope}: {answer} {result.stderr}"

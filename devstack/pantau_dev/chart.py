@@ -5,13 +5,16 @@ Standard, on a throwaway control plane."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pantau_dev.settings import REPO_ROOT, DevSettings
-from pantau_dev.stack import DevStack
+from pantau_dev.stack import DevStack, StackInfo
 
 CHART = REPO_ROOT / "charts" / "pantau"
 # Values a lint or a dry-run needs: a model source for Triton (the chart refuses to guess one).
@@ -80,9 +83,83 @@ class Tools:
 
 
 def _json(obj: object) -> str:
-    import json
-
     return json.dumps(obj)
+
+
+OPERATOR_NAMESPACE = "pantau-system"
+RELEASE = "pantau"
+
+
+def local_values(info: StackInfo, **overrides: Any) -> dict[str, Any]:
+    """Values that fit the local stack: its Triton and Jaeger, pods on loopback addresses, short
+    passes. The image names nothing real: the node agent runs the pods' commands from the project's
+    environment (docs/local-node-agent.md)."""
+    values: dict[str, Any] = {
+        "image": {"repository": "localhost/pantau", "tag": "dev", "pullPolicy": "IfNotPresent"},
+        "triton": {"enabled": False, "address": info.triton_grpc or ""},
+        # On the node that runs pods (kwok's fake nodes run nothing).
+        "operator": {
+            "statusNetworks": ["127.0.0.0/8"],
+            "resyncInterval": 2,
+            "nodeSelector": {"kubernetes.io/hostname": info.local_node},
+        },
+        "otel": {"endpoint": info.jaeger_otlp_grpc or ""},
+        "tests": {"enabled": False},
+    }
+    for key, value in overrides.items():
+        values[key] = {**values.get(key, {}), **value} if isinstance(value, dict) else value
+    return values
+
+
+@dataclass
+class Release:
+    """One Helm release of the chart, driven with helm as an SRE would."""
+
+    tools: Tools
+    name: str = RELEASE
+    namespace: str = OPERATOR_NAMESPACE
+
+    def install(self, values: Mapping[str, Any], timeout: str = "180s") -> None:
+        """`helm upgrade --install ... --wait`: install, or upgrade to these values."""
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="pantau-values-") as f:
+            f.write(json.dumps(values))
+            f.flush()
+            self.tools.helm(
+                "upgrade", "--install", self.name, str(CHART), "--namespace", self.namespace,
+                "--create-namespace", "--values", f.name, "--wait", "--timeout", timeout,
+            )  # fmt: skip
+
+    def rollback(self, revision: int, timeout: str = "180s") -> None:
+        self.tools.helm(
+            "rollback",
+            self.name,
+            str(revision),
+            "--namespace",
+            self.namespace,
+            "--wait",
+            "--timeout",
+            timeout,
+        )
+
+    def uninstall(self, timeout: str = "180s") -> None:
+        self.tools.helm("uninstall", self.name, "--namespace", self.namespace, "--wait", "--timeout", timeout)
+
+    def installed(self) -> bool:
+        return (
+            self.tools.helm("status", self.name, "--namespace", self.namespace, check=False).returncode == 0
+        )
+
+    def revision(self) -> int:
+        history = json.loads(
+            self.tools.helm("history", self.name, "--namespace", self.namespace, "-o", "json").stdout
+        )
+        return int(history[-1]["revision"])
+
+    def operator_pods(self) -> list[dict[str, Any]]:
+        selector = f"app.kubernetes.io/instance={self.name},app.kubernetes.io/component=operator"
+        listing = self.tools.kubectl("get", "pods", "-n", self.namespace, "-l", selector, "-o", "json").stdout
+        pods: list[dict[str, Any]] = json.loads(listing)["items"]
+        return pods
 
 
 def lint(tools: Tools, namespace: str = "pantau-lint") -> list[str]:

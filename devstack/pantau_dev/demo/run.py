@@ -2,19 +2,17 @@
 
 On the local stack it loads the detector into Triton, installs the CRDs, starts four test
 cameras (real footage, a synthetic pattern, a password-protected stream, and an address where
-nothing listens), starts the operator, and applies the Sites and Cameras in demo/ with kubectl.
-The operator's ingest pods then run as processes on the local node.
+nothing listens), installs Pantau with its Helm chart (CRDs and the operator, which then runs under
+the chart's ServiceAccount), and applies the Sites and Cameras in demo/ with kubectl. The operator
+and its ingest pods run as processes on the local node.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import string
 import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,8 +22,9 @@ from tritonclient import grpc as triton_grpc
 from pantau.contract import INGEST_PORT
 from pantau.triton import builder, contract
 from pantau_dev.cameras import RtspCameraServer, RtspMount
+from pantau_dev.chart import Release, Tools, local_values
 from pantau_dev.net import free_port
-from pantau_dev.procs import ProcessRecord, wait_for
+from pantau_dev.procs import wait_for
 from pantau_dev.settings import REPO_ROOT
 from pantau_dev.stack import DevStack, StackInfo
 
@@ -33,6 +32,18 @@ DEMO_DIR = REPO_ROOT / "demo"
 NAMESPACE = "pantau-demo"
 SECRET = "pasar-manna-credentials"  # noqa: S105 - a Secret's name
 INGEST_SERVICE = "pantau-ingest"
+
+
+def load_detector(stack: DevStack) -> None:
+    """The detector in the stack's Triton: the repository built from the shared ONNX, then loaded."""
+    model = stack.settings.shared_dir / "models" / "yolox_nano.onnx"
+    builder.build(model, stack.model_repository, builder.BuildOptions(target="cpu"))
+    grpc = stack.status().triton_grpc
+    assert grpc, "the stack runs without Triton"
+    client = triton_grpc.InferenceServerClient(grpc)
+    for name in (contract.MODEL, contract.JPEG_MODEL):
+        client.load_model(name)
+    client.close()
 
 
 class Demo:
@@ -45,11 +56,10 @@ class Demo:
             secrets.choice(string.ascii_letters + string.digits) for _ in range(16)
         )
         self.rtsp_port = free_port()
-        self.operator_port = free_port()
+        self.release = Release(Tools(stack.settings, stack.kubeconfig))
         self.cameras = RtspCameraServer(
             stack.procs, "demo-cameras", self.rtsp_port, self._mounts(), stack.state / "demo"
         )
-        self.operator: ProcessRecord | None = None
 
     def _mounts(self) -> list[RtspMount]:
         vtest = self.stack.settings.shared_dir / "footage" / "vtest.avi"
@@ -75,56 +85,22 @@ class Demo:
 
     def start(self) -> None:
         self.load_models()
-        self.install_crds()
         self.cameras.start()
-        self.start_operator()
+        self.install()
         self.apply()
 
     def stop(self) -> None:
-        """Stop what the demo started (the operator and the cameras); the stack is the caller's."""
-        self.stack.procs.stop("demo-operator", grace=15)
+        """Stop what the demo started (the release and the cameras); the stack is the caller's."""
+        self.release.uninstall()
         self.cameras.stop()
 
     def load_models(self) -> None:
-        model = self.stack.settings.shared_dir / "models" / "yolox_nano.onnx"
-        builder.build(model, self.stack.model_repository, builder.BuildOptions(target="cpu"))
-        assert self.info.triton_grpc, "the demo needs the stack's Triton"
-        client = triton_grpc.InferenceServerClient(self.info.triton_grpc)
-        for name in (contract.MODEL, contract.JPEG_MODEL):
-            client.load_model(name)
-        client.close()
+        load_detector(self.stack)
 
-    def install_crds(self) -> None:
-        for f in sorted((REPO_ROOT / "crds").glob("*.yaml")):
-            self.kubectl("apply", "--server-side", "-f", str(f), namespaced=False)
-        self.kubectl(
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/sites.pantau.io",
-            "crd/cameras.pantau.io",
-            namespaced=False,
-        )
-
-    def start_operator(self) -> None:
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.stack.kubeconfig),
-            "PANTAU_TRITON_ADDRESS": self.info.triton_grpc or "",
-            "PANTAU_OTLP_ENDPOINT": self.info.jaeger_otlp_grpc or "",
-            "PANTAU_STATUS_NETWORKS": '["127.0.0.0/8"]',  # ingest pods live on loopback here
-            "PANTAU_RESYNC_INTERVAL": "2",
-            "PANTAU_LIVENESS_HOST": "127.0.0.1",
-            "PANTAU_LIVENESS_PORT": str(self.operator_port),
-        }
-        pantau = str(Path(sys.executable).parent / "pantau")
-        self.operator = self.stack.procs.spawn("demo-operator", [pantau, "operator"], env=env)
-        wait_for(
-            lambda: httpx.get(f"http://127.0.0.1:{self.operator_port}/healthz", timeout=2).status_code == 200,
-            timeout=60,
-            what="operator /healthz",
-            record=self.operator,
-        )
+    def install(self) -> None:
+        """Pantau as an SRE installs it: `helm upgrade --install` of charts/pantau, with values that fit
+        the local stack."""
+        self.release.install(local_values(self.info, operator={"watchNamespaces": [self.namespace]}))
 
     def apply(self) -> None:
         namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}}

@@ -50,9 +50,10 @@ def configure(settings: kopf.OperatorSettings, ours: OperatorSettings) -> None:
     if ours.peering:
         # Each replica draws its priority at start; the highest acts, the others wait. A standby takes
         # over once the active one's entry is `lifetime` seconds old. Mandatory: a missing peering
-        # object stops the operator instead of letting replicas run unpaired.
+        # object stops the operator instead of letting replicas run unpaired. Cluster-wide even when
+        # only some namespaces are served: one ClusterKopfPeering per release, whatever it serves.
         settings.peering.name = ours.peering_name
-        settings.peering.clusterwide = not ours.namespaces
+        settings.peering.clusterwide = True
         settings.peering.mandatory = True
         settings.peering.lifetime = ours.peering_lifetime
         settings.peering.priority = random.SystemRandom().randint(1, 1_000_000)

@@ -108,8 +108,9 @@ def camera(name: str, port: int) -> dict[str, Any]:
 
 
 def reason(life: Life, name: str) -> str | None:
-    status = life.get("camera", name).get("status", {})
-    return status.get("reason")
+    status: dict[str, Any] = life.get("camera", name).get("status", {})
+    found: str | None = status.get("reason")
+    return found
 
 
 @pytest.fixture(scope="module")

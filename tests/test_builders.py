@@ -41,7 +41,15 @@ GOLDEN_HEADER: Final = (
     f"# Regenerate with {UPDATE_GOLDEN}=1 and review the diff.\n"
 )
 
-KINDS: Final = ["ServiceAccount", "Role", "RoleBinding", "Service", "StatefulSet", "PodDisruptionBudget"]
+KINDS: Final = [
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+    "Service",
+    "StatefulSet",
+    "PodDisruptionBudget",
+    "NetworkPolicy",
+]
 SETTINGS: Final = PoolSettings(
     default_image="ghcr.io/pantau/pantau:0.1.0",
     triton_address="triton.pantau-system.svc:8001",
@@ -581,3 +589,34 @@ def test_role_secrets_follow_the_cameras_on_reapply(kubectl: list[str], namespac
     assert second["rules"][1]["resourceNames"] == ["simpang-lima-credentials"]
     third = apply_role([])
     assert [rule["resources"] for rule in third["rules"]] == [["cameras"]]
+
+
+# ----- the NetworkPolicy -----
+
+
+def test_network_policy_opens_what_the_pods_reach_and_nothing_else() -> None:
+    urls = [
+        "rtsp://10.20.0.5:554/Streaming/Channels/101",
+        "rtsp://10.20.0.5/Streaming/Channels/102",  # the same camera, default port: one rule
+        "http://cam-pasar.local:8080/video.mjpg",  # a host name: its port on any address
+        "https://[fd00::7]/snapshot.jpg",
+        "file:///footage/x.avi",  # read from the pod's own files: no rule
+    ]
+    policy = by_kind(sample_pool(camera_urls=urls))["NetworkPolicy"]
+    spec = policy["spec"]
+    assert spec["podSelector"] == by_kind(sample_pool())["StatefulSet"]["spec"]["selector"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    assert spec["ingress"] == [{"ports": [{"port": 8080, "protocol": "TCP"}]}]
+    egress = spec["egress"]
+    assert {"port": 53, "protocol": "UDP"} in egress[0]["ports"]
+    assert [p["port"] for p in egress[1]["ports"]] == [443, 6443]
+    rules = {
+        (tuple(t["ipBlock"]["cidr"] for t in r.get("to", [])), r["ports"][0]["port"]) for r in egress[2:]
+    }
+    assert (("10.20.0.5/32",), 554) in rules
+    assert (("fd00::7/128",), 443) in rules
+    assert ((), 8080) in rules
+    assert ((), 8001) in rules  # Triton by its Service name
+    assert ((), 4317) in rules  # the OTLP collector
+    assert ((), 443) in rules  # the sample Site's webhook sink
+    assert len(egress) == 2 + len(rules)

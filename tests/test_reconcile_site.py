@@ -21,7 +21,14 @@ def test_plan_assigns_every_camera_and_builds_the_pool() -> None:
         "Service",
         "StatefulSet",
         "PodDisruptionBudget",
+        "NetworkPolicy",
     ]
+    # The pool's pods may reach exactly these cameras (one address, one rule).
+    egress = plan.children[6]["spec"]["egress"]
+    assert {
+        "to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}],
+        "ports": [{"port": 554, "protocol": "TCP"}],
+    } in egress
     replicas = plan.children[4]["spec"]["replicas"]
     assert replicas == 2  # 10 cameras, 8 per pod by default
     assert set(plan.camera_labels.values()) == {f"{POOL}-0", f"{POOL}-1"}

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from pantau.builders.names import label_value, pool_name
+from pantau.builders.network import ingest_network_policy
 from pantau.contract import (
     HEALTHZ_PATH,
     INGEST_APP,
@@ -101,13 +102,19 @@ class SiteRef:
 
 
 def build_pool(
-    site: SiteRef, spec: SiteSpec, replicas: int, secret_names: Sequence[str], settings: PoolSettings
+    site: SiteRef,
+    spec: SiteSpec,
+    replicas: int,
+    secret_names: Sequence[str],
+    settings: PoolSettings,
+    camera_urls: Sequence[str] = (),
 ) -> list[Manifest]:
     """The pool's objects, in apply order: [ServiceAccount, Role, RoleBinding, Service, StatefulSet,
-    PodDisruptionBudget].
+    PodDisruptionBudget, NetworkPolicy].
 
     `replicas` is the number of shards (the operator's scaling decision); `secret_names` are the Secrets
-    the Site's cameras reference (credentials, CA bundles), in any order, duplicates allowed."""
+    the Site's cameras reference (credentials, CA bundles), in any order, duplicates allowed;
+    `camera_urls` the URLs its pods read (for the NetworkPolicy's egress)."""
     if replicas < 0:
         raise ValueError(f"replicas must not be negative, got {replicas}")
     name = pool_name(site.name)
@@ -118,6 +125,7 @@ def build_pool(
         _service(site, name),
         _stateful_set(site, name, spec, replicas, settings),
         _pod_disruption_budget(site, name),
+        _network_policy(site, name, spec, settings, camera_urls),
     ]
 
 
@@ -228,6 +236,17 @@ def _pod_disruption_budget(site: SiteRef, name: str) -> Manifest:
         "unhealthyPodEvictionPolicy": "AlwaysAllow",
     }
     return _object("policy/v1", "PodDisruptionBudget", site, name, spec=spec)
+
+
+def _network_policy(
+    site: SiteRef, name: str, spec: SiteSpec, settings: PoolSettings, camera_urls: Sequence[str]
+) -> Manifest:
+    inference = spec.inference
+    triton = (inference.triton_address if inference else None) or settings.triton_address
+    sinks = [s.url for s in spec.event_sinks if s.url]
+    otlp = [settings.otlp_endpoint] if settings.otlp_endpoint else []
+    destinations = [triton, *otlp, *sinks, *camera_urls]
+    return ingest_network_policy(_metadata(site, name), selector_labels(name), INGEST_PORT, destinations)
 
 
 def _pod_spec(site: SiteRef, name: str, spec: SiteSpec, settings: PoolSettings) -> Manifest:

@@ -32,6 +32,7 @@ _PLURALS = {
     "Role": "roles",
     "RoleBinding": "rolebindings",
     "PodDisruptionBudget": "poddisruptionbudgets",
+    "NetworkPolicy": "networkpolicies",
     "Site": "sites",
     "Camera": "cameras",
 }
@@ -59,7 +60,7 @@ def object_path(api_version: str, kind: str, namespace: str | None, name: str | 
     return f"{prefix}{ns}/{_PLURALS[kind]}" + (f"/{name}" if name else "")
 
 
-# Content negotiation for metadata only (PartialObjectMetadata), as kubectl's --show-managed-fields does.
+# Content negotiation for an object's metadata only (PartialObjectMetadata): no spec, no data.
 METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
 

@@ -67,7 +67,7 @@ def plan_site(
     plans = {c.name: plan_camera(c, pool, (reports or {}).get(c.name), now) for c in cameras}
     status, told = site_status(site, cameras, plans, pool, now)
     return SitePlan(
-        children=build_pool(owner, site.spec, pool.shards, secret_names, settings),
+        children=build_pool(owner, site.spec, pool.shards, secret_names, settings, _urls(cameras, pool)),
         unseen=frozenset() if pool.created is not None else frozenset({("StatefulSet", pool.name)}),
         camera_labels={name: p.label for name, p in plans.items()},
         camera_status={name: p.status for name, p in plans.items() if p.status is not None},
@@ -155,6 +155,11 @@ def site_status(
         message = f"{len(_active(cameras))} cameras need more than {site.spec.ingest.max_pods} pods"
         told.append(event("Site", site, "Warning", "OverCapacity", message))
     return status, told
+
+
+def _urls(cameras: Sequence[ObjectFacts], pool: PoolView) -> list[str]:
+    """The URLs the pool's pods read: its active Cameras within their session budget."""
+    return sorted({c.spec.source.url for c in _active(cameras) if c.name not in pool.over_budget})
 
 
 def _active(cameras: Sequence[ObjectFacts]) -> list[ObjectFacts]:

@@ -10,14 +10,19 @@ include tools/versions.env
 TRITON_DIR := $(PANTAU_CACHE)/pytriton-$(PYTRITON_VERSION)-ort-$(ONNXRUNTIME_VERSION)-pillow-$(PILLOW_VERSION)
 APT_PACKAGES := gir1.2-gst-rtsp-server-1.0 gir1.2-gstreamer-1.0 python3-gi python3-gst-1.0 \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
-	gstreamer1.0-plugins-ugly gstreamer1.0-libav util-linux
+	gstreamer1.0-plugins-ugly gstreamer1.0-libav util-linux libseccomp-dev pkg-config
 
-.PHONY: help setup deps venv triton tools lint test test-smoke demo clean-stack
+# Only for `make images` (not part of setup): image builds without a daemon or registry, and the
+# tests' unpacking of the archives.
+IMAGES_APT_PACKAGES := buildah mmdebstrap umoci
+
+.PHONY: help setup deps venv triton tools node-tools lint test test-smoke demo clean-stack images images-deps
 
 help:
 	@echo "make demo   - set up, then run the local stack until Ctrl-C"
 	@echo "make test   - set up, lint, then run the test suites on the real local stack"
 	@echo "make setup  - Debian packages, Python venv, Triton, Go-built stack binaries (cached)"
+	@echo "make images - product, Triton and base images as OCI archives in \$$PANTAU_CACHE/images (cached)"
 
 setup: deps venv triton tools
 
@@ -54,11 +59,29 @@ $(TRITON_DIR)/.installed:
 tools:
 	tools/build.sh
 
-lint: venv
+# A real node's pieces, not part of setup yet: runc (cgo + libseccomp-dev from deps), containerd,
+# CNI plugins, crictl, CoreDNS, and kubelet and kube-proxy with the other k8s binaries.
+node-tools: deps
+	tools/build.sh k8s runc containerd cni crictl coredns
+
+# Container images built with buildah, no daemon or registry (tools/images.sh, docs/images.md):
+# OCI archives and images.json under $(PANTAU_CACHE)/images, rebuilt only when their inputs change.
+images: images-deps triton
+	tools/images.sh
+
+images-deps:
+	@if dpkg-query -W -f='$${Status}\n' $(IMAGES_APT_PACKAGES) 2>/dev/null | grep -qv 'install ok installed' \
+	    || [ $$(dpkg-query -W -f='$${Status}\n' $(IMAGES_APT_PACKAGES) 2>/dev/null | wc -l) -ne $(words $(IMAGES_APT_PACKAGES)) ]; then \
+	  echo "installing Debian packages: $(IMAGES_APT_PACKAGES)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(IMAGES_APT_PACKAGES); \
+	else echo "Debian packages for images: present"; fi
+
+lint: venv tools
 	$(VENV)/bin/ruff check operator devstack tests
 	$(VENV)/bin/ruff format --check operator devstack tests
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/pantau dev lint-chart
 
 test: setup lint
 	$(VENV)/bin/pytest tests

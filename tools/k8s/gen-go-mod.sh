@@ -24,7 +24,7 @@ for r in d.get("Replace") or []:
         sys.exit(f"upstream has a non-staging replace, handle it by hand: {r}")
 print("\n".join(args))' "$SV" | xargs go mod edit
 go mod edit -require="k8s.io/kubernetes@$KV"
-for t in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+for t in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
   go mod edit -tool="k8s.io/kubernetes/cmd/$t"
 done
 go mod tidy

@@ -10,7 +10,8 @@ include tools/versions.env
 TRITON_DIR := $(PANTAU_CACHE)/pytriton-$(PYTRITON_VERSION)-ort-$(ONNXRUNTIME_VERSION)-pillow-$(PILLOW_VERSION)
 APT_PACKAGES := gir1.2-gst-rtsp-server-1.0 gir1.2-gstreamer-1.0 python3-gi python3-gst-1.0 \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
-	gstreamer1.0-plugins-ugly gstreamer1.0-libav util-linux libseccomp-dev pkg-config
+	gstreamer1.0-plugins-ugly gstreamer1.0-libav util-linux libseccomp-dev pkg-config \
+	iptables busybox-static
 
 # Only for `make images` (not part of setup): image builds without a daemon or registry, and the
 # tests' unpacking of the archives.
@@ -54,13 +55,13 @@ $(TRITON_DIR)/.installed:
 	test -x $(TRITON_DIR)/pytriton/tritonserver/bin/tritonserver
 	touch $@
 
-# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, helm, Jaeger:
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, kwok, helm, Jaeger,
+# and the real node's runc (cgo + libseccomp-dev from deps), containerd, CNI plugins and crictl:
 # built from the Go module proxy into $(PANTAU_CACHE)/bin, skipped when already built.
 tools:
 	tools/build.sh
 
-# A real node's pieces, not part of setup yet: runc (cgo + libseccomp-dev from deps), containerd,
-# CNI plugins, crictl, CoreDNS, and kubelet and kube-proxy with the other k8s binaries.
+# A real node's pieces (docs/local-node.md): those `tools` builds, and CoreDNS (not used yet).
 node-tools: deps
 	tools/build.sh k8s runc containerd cni crictl coredns
 

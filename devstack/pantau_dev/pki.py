@@ -94,6 +94,18 @@ class Pki:
                 )
             )
 
+    def issue_client(self, file: str, common_name: str, groups: list[str]) -> None:
+        """A client certificate (CN = user, O = groups), replacing any existing one."""
+        self._issue(file, common_name, groups, ExtendedKeyUsageOID.CLIENT_AUTH, [])
+
+    def issue_serving(
+        self, file: str, common_name: str, groups: list[str], dns: list[str], ips: list[str]
+    ) -> None:
+        """A serving certificate for `dns` names and `ips`, replacing any existing one."""
+        sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+        sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+        self._issue(file, common_name, groups, ExtendedKeyUsageOID.SERVER_AUTH, sans)
+
     def _issue(
         self,
         file: str,

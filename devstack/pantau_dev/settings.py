@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 import sys
+from ipaddress import IPv4Network
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The source checkout this package lives in (devstack/pantau_dev/settings.py -> repo root).
@@ -64,6 +65,27 @@ class DevSettings(BaseSettings):
     )
     with_triton: bool = True
     with_jaeger: bool = True
+    real_node: bool = Field(
+        default=False,
+        description="Also run a real node (containerd + kubelet, docs/local-node.md); needs root.",
+    )
+    real_node_name: str = Field(
+        default="pantau-kubelet", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", description="Its Node."
+    )
+    real_node_bridge: str = Field(
+        default="pantau0", pattern=r"^[a-z][a-z0-9]{1,14}$", description="The pod network's bridge."
+    )
+    real_node_subnet: IPv4Network = Field(
+        default=IPv4Network("10.244.0.0/24"),
+        description="The pod network: only on the bridge, never routed elsewhere; .1 is the node's IP.",
+    )
+
+    @field_validator("real_node_subnet")
+    @classmethod
+    def _private_subnet(cls, v: IPv4Network) -> IPv4Network:
+        if not v.is_private or not 16 <= v.prefixlen <= 28:
+            raise ValueError("real_node_subnet must be a private IPv4 network, /16 to /28")
+        return v
 
     @property
     def versions(self) -> StackVersions:

@@ -1,4 +1,5 @@
-"""The local stack: a real control plane, kwok, the local node agent, Triton and Jaeger.
+"""The local stack: a real control plane, kwok, the local node agent, Triton and Jaeger; optionally
+a real node (containerd + kubelet, pantau_dev.node) beside the agent.
 
 `DevStack.up()` starts whatever is not running yet and waits until each part answers its own
 readiness check; `down()` stops every process it (or the node agent) started, by PID. The CLI
@@ -22,6 +23,7 @@ import yaml
 from pydantic import BaseModel
 
 from pantau_dev.net import free_port, port_open
+from pantau_dev.node import RealNode
 from pantau_dev.pki import Pki
 from pantau_dev.procs import ProcessRecord, ProcessTable, StackError, wait_for, write_json
 from pantau_dev.settings import DevSettings
@@ -66,6 +68,7 @@ class StackInfo(BaseModel):
     ca_file: str
     local_node: str
     kwok_nodes: list[str]
+    real_node: str | None
     triton_http: str | None
     triton_grpc: str | None
     triton_metrics: str | None
@@ -85,6 +88,7 @@ class DevStack:
         self.procs = ProcessTable(settings.pid_dir, settings.log_dir)
         self.kubeconfig = self.state / "kubeconfig"
         self.model_repository = self.state / "models"
+        self.node = RealNode(settings, self.pki, self.procs, ADMIN_USER)
 
     # ----- public API -----
 
@@ -92,7 +96,8 @@ class DevStack:
         """Start what is not running (idempotent) and wait until all of it is ready."""
         self.state.mkdir(parents=True, exist_ok=True)
         self._check_binaries()
-        self.pki.ensure(CLIENTS)
+        real_node = self.settings.real_node
+        self.pki.ensure(CLIENTS | self.node.client_certs() if real_node else CLIENTS)
         ports = self._ports()
         self._write_kubeconfigs(ports)
         timeout = self.settings.start_timeout
@@ -112,6 +117,8 @@ class DevStack:
         )
 
         apiserver = self._ensure("kube-apiserver", self._apiserver_argv(ports))
+        if real_node:  # containerd and its images while the API server starts
+            self.node.start_runtime()
         wait_for(
             lambda: self._api_get("/readyz", ports).status_code == 200,
             timeout=timeout,
@@ -123,6 +130,7 @@ class DevStack:
         sched = self._ensure("kube-scheduler", self._scheduler_argv(ports))
         kwok = self._ensure("kwok", self._kwok_argv(ports))
         agent = self._ensure("node-agent", self._agent_argv(ports))
+        kubelet = self.node.start_kubelet(ports["apiserver"]) if real_node else None
         self._ensure_kwok_nodes(ports)
         for rec, port in ((kcm, ports["controller_manager"]), (sched, ports["scheduler"])):
             wait_for(
@@ -131,7 +139,10 @@ class DevStack:
                 what=f"{rec.name} /healthz",
                 record=rec,
             )
-        for node, rec in [(LOCAL_NODE, agent)] + [(n, kwok) for n in self._kwok_node_names()]:
+        nodes = [(LOCAL_NODE, agent)] + [(n, kwok) for n in self._kwok_node_names()]
+        if kubelet is not None:
+            nodes.append((self.node.name, kubelet))
+        for node, rec in nodes:
             wait_for(
                 lambda n=node: self._node_ready(n, ports),  # type: ignore[misc]
                 timeout=timeout,
@@ -170,9 +181,14 @@ class DevStack:
     def down(self, purge: bool = False) -> list[str]:
         """Stop every process of the stack, pods included; `purge` also deletes the state."""
         stopped = [r.name for r in self.procs.records() if r.alive()]
-        names = [r.name for r in self.procs.records()]
-        middle = [n for n in names if n not in STOP_FIRST + STOP_LAST]
-        self.procs.stop_all(grace=10.0, order=STOP_FIRST + middle + STOP_LAST)
+        try:
+            # The real node first, whatever the settings say now: its pods are deleted through
+            # the API server, and it undoes its changes to the host (a no-op when it never ran).
+            self.node.stop(self._ports(create=False).get("apiserver"))
+        finally:
+            names = [r.name for r in self.procs.records()]
+            middle = [n for n in names if n not in STOP_FIRST + STOP_LAST]
+            self.procs.stop_all(grace=10.0, order=STOP_FIRST + middle + STOP_LAST)
         if purge and self.state.exists():
             shutil.rmtree(self.state)
         return stopped
@@ -192,6 +208,7 @@ class DevStack:
             ca_file=str(self.pki.ca_cert),
             local_node=LOCAL_NODE,
             kwok_nodes=self._kwok_node_names(),
+            real_node=self.node.name if s.real_node else None,
             triton_http=url("http", "triton_http") if s.with_triton else None,
             triton_grpc=f"127.0.0.1:{ports['triton_grpc']}" if s.with_triton and ports else None,
             triton_metrics=url("http", "triton_metrics") if s.with_triton else None,
@@ -221,6 +238,8 @@ class DevStack:
         paths += [s.bin_dir("etcd") / "etcd", s.bin_dir("kwok") / "kwok"]
         if s.with_jaeger:
             paths.append(s.bin_dir("jaeger") / "jaeger")
+        if s.real_node:
+            paths += self.node.binaries()
         if s.with_triton:
             paths.append(self._triton_home() / "bin" / "tritonserver")
         return paths
@@ -336,7 +355,7 @@ class DevStack:
             f"--tls-private-key-file={pki.key('apiserver')}",
             f"--cert-dir={self.state / 'apiserver-certs'}",
             f"--client-ca-file={pki.ca_cert}",
-            "--authorization-mode=RBAC",
+            *(self.node.apiserver_flags() if self.settings.real_node else ["--authorization-mode=RBAC"]),
             "--anonymous-auth=false",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki.sa_pub}",

@@ -1,0 +1,285 @@
+"""The real node (containerd + runc + CNI bridge + kubelet) of the local stack: pods from the product
+image run with the securityContext they ask for, and `down` leaves the host as it found it.
+
+A stack of its own (PANTAU_DEV_REAL_NODE's DevSettings.real_node), started once for the module;
+the last test stops it and checks the host. Needs root, the node's binaries (`make tools`) and the
+product image (`make images`, run here when images.json is missing).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from kubernetes import client, config
+
+from pantau_dev.node import REAL_NODE_TAINT, SYSCTLS, RealNode, kubepods_dirs, mounts_under, sysctl_get
+from pantau_dev.procs import wait_for
+from pantau_dev.settings import REPO_ROOT, DevSettings
+from pantau_dev.stack import DevStack
+
+pytestmark = pytest.mark.integration
+
+NAMESPACE = "default"
+
+
+def host_sysctls() -> dict[str, str | None]:
+    return {k: sysctl_get(k) for k in SYSCTLS}
+
+
+@pytest.fixture(scope="module")
+def baseline_sysctls() -> dict[str, str | None]:
+    """The host before the module's stack starts."""
+    assert os.geteuid() == 0, "the real node needs root (cgroups, mounts, iptables, a bridge)"
+    return host_sysctls()
+
+
+@pytest.fixture(scope="module")
+def product_image() -> str:
+    settings = DevSettings()
+    index = settings.cache_dir / "images" / "images.json"
+    if not index.is_file():
+        subprocess.run(["make", "images"], cwd=REPO_ROOT, check=True, timeout=1800)
+    product = json.loads(index.read_text())["images"]["product"]
+    assert Path(product["archive"]).is_file(), f"product image archive missing: {product['archive']}"
+    return str(product["ref"])
+
+
+@pytest.fixture(scope="module")
+def real_stack(
+    tmp_path_factory: pytest.TempPathFactory, baseline_sysctls: dict[str, str | None], product_image: str
+) -> Iterator[DevStack]:
+    settings = DevSettings(
+        state_dir=tmp_path_factory.mktemp("real-node"),
+        real_node=True,
+        with_triton=False,
+        with_jaeger=False,
+        kwok_nodes=0,
+    )
+    stack = DevStack(settings)
+    try:
+        stack.up()
+        yield stack
+    finally:
+        # A no-op for the host after test_down_leaves_the_host_clean; purge drops the node's image
+        # store (the product image unpacked, ~0.5 GB) with the rest of the state.
+        stack.down(purge=True)
+
+
+@pytest.fixture(scope="module")
+def core(real_stack: DevStack) -> Iterator[client.CoreV1Api]:
+    api = config.new_client_from_config(config_file=str(real_stack.kubeconfig))
+    yield client.CoreV1Api(api)
+    api.close()
+
+
+@pytest.fixture(scope="module")
+def kubectl(real_stack: DevStack) -> list[str]:
+    return [str(real_stack.settings.bin_dir("k8s") / "kubectl"), f"--kubeconfig={real_stack.kubeconfig}"]
+
+
+def pod_spec(
+    node: str,
+    image: str,
+    command: list[str],
+    *,
+    memory: str | None = None,
+    container_security: dict[str, Any] | None = None,
+    pod_security: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": "main",
+        "image": image,
+        "imagePullPolicy": "Never",
+        "command": command,
+        "securityContext": container_security or {},
+    }
+    if memory:
+        container["resources"] = {"limits": {"memory": memory}, "requests": {"memory": memory}}
+    toleration = {"key": REAL_NODE_TAINT["key"], "operator": "Exists", "effect": REAL_NODE_TAINT["effect"]}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"rn-{uuid.uuid4().hex[:8]}"},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": node},
+            "tolerations": [toleration],
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 1,
+            "automountServiceAccountToken": False,
+            "securityContext": pod_security or {},
+            "containers": [container],
+        },
+    }
+
+
+def create(core: client.CoreV1Api, pod: dict[str, Any]) -> str:
+    core.create_namespaced_pod(NAMESPACE, pod)
+    return str(pod["metadata"]["name"])
+
+
+def container_status(core: client.CoreV1Api, name: str) -> Any:
+    statuses = core.read_namespaced_pod(name, NAMESPACE).status.container_statuses
+    return statuses[0] if statuses else None
+
+
+def wait_phase(core: client.CoreV1Api, name: str, phases: set[str], timeout: float = 120) -> Any:
+    def in_phase() -> Any:
+        pod = core.read_namespaced_pod(name, NAMESPACE)
+        return pod if str(pod.status.phase) in phases else None
+
+    return wait_for(
+        in_phase,
+        timeout=timeout,
+        what=f"pod {name} in {sorted(phases)}",
+        interval=0.5,
+    )
+
+
+def run_kubectl(kubectl: list[str], *args: str) -> str:
+    out = subprocess.run([*kubectl, *args], capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, f"kubectl {' '.join(args)}: {out.stderr}"
+    return out.stdout
+
+
+RESTRICTED_SCRIPT = textwrap.dedent(
+    """
+    import errno, os
+    print("uid", os.getuid())
+    try:
+        open("/x", "w")
+        print("write ok")
+    except OSError as exc:
+        print("write", errno.errorcode[exc.errno])
+    for line in open("/proc/self/status"):
+        if line.startswith(("CapEff:", "NoNewPrivs:", "Seccomp:")):
+            print(" ".join(line.split()))
+    """
+)
+
+
+def test_restricted_pod_gets_its_security_context(
+    real_stack: DevStack, core: client.CoreV1Api, kubectl: list[str], product_image: str
+) -> None:
+    pod = pod_spec(
+        real_stack.node.name,
+        product_image,
+        ["python", "-c", RESTRICTED_SCRIPT],
+        pod_security={"runAsUser": 1000, "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        container_security={
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    )
+    name = create(core, pod)
+    done = wait_phase(core, name, {"Succeeded", "Failed"})
+    logs = run_kubectl(kubectl, "logs", "-n", NAMESPACE, name).splitlines()
+    assert done.status.phase == "Succeeded", logs
+    assert "uid 1000" in logs
+    assert "write EROFS" in logs
+    assert "CapEff: 0000000000000000" in logs
+    assert "NoNewPrivs: 1" in logs
+    assert "Seccomp: 2" in logs
+
+
+def test_absent_image_is_never_pulled(real_stack: DevStack, core: client.CoreV1Api) -> None:
+    name = create(core, pod_spec(real_stack.node.name, "localhost/absent:1", ["true"]))
+
+    def waiting_reason() -> str | None:
+        status = container_status(core, name)
+        return status.state.waiting.reason if status is not None and status.state.waiting else None
+
+    wait_for(
+        lambda: waiting_reason() == "ErrImageNeverPull",
+        timeout=120,
+        what=f"pod {name} waiting with ErrImageNeverPull",
+        interval=0.5,
+    )
+
+
+def test_memory_limit_is_enforced(
+    real_stack: DevStack, core: client.CoreV1Api, kubectl: list[str], product_image: str
+) -> None:
+    script = "b = b'x' * (200 << 20)\nprint('survived', len(b))"
+    name = create(
+        core, pod_spec(real_stack.node.name, product_image, ["python", "-c", script], memory="64Mi")
+    )
+    done = wait_phase(core, name, {"Succeeded", "Failed"})
+    status = done.status.container_statuses[0]
+    terminated = status.state.terminated or (status.last_state and status.last_state.terminated)
+    assert terminated is not None, status
+    assert terminated.reason == "OOMKilled", status
+    assert done.status.phase == "Failed"
+
+
+def test_pod_network_is_the_bridge_subnet_only(
+    real_stack: DevStack, core: client.CoreV1Api, kubectl: list[str], product_image: str
+) -> None:
+    node = real_stack.node
+    name = create(
+        core, pod_spec(node.name, product_image, ["python", "-c", "import time; time.sleep(600)"])
+    )  # left running: `down` must delete it
+    pod = wait_phase(core, name, {"Running"})
+    subnet = real_stack.settings.real_node_subnet
+    assert ipaddress.ip_address(pod.status.pod_ip) in subnet
+    kubelet_port = core.read_node(node.name).status.daemon_endpoints.kubelet_endpoint.port
+    probe = textwrap.dedent(
+        f"""
+        import socket
+        socket.create_connection(("{node.node_ip}", {kubelet_port}), timeout=5).close()
+        print("node reachable")
+        for line in open("/proc/net/route").read().splitlines()[1:]:
+            print("route", line.split()[0], line.split()[1])
+        """
+    )
+    out = run_kubectl(kubectl, "exec", "-n", NAMESPACE, name, "--", "python", "-c", probe).splitlines()
+    assert "node reachable" in out
+    routes = [line for line in out if line.startswith("route ")]
+    assert routes, out
+    assert all(r.split()[2] != "00000000" for r in routes), f"a default route in the pod: {routes}"
+
+
+def stack_processes(stack: DevStack, node: RealNode) -> list[str]:
+    """Processes of this stack's node still alive: by PID record, or naming its dirs or socket."""
+    found = [r.name for r in stack.procs.records() if r.alive()]
+    markers = (str(stack.state), str(node.run_dir))
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if any(m in cmd for m in markers):
+            found.append(f"{proc.info['pid']}: {cmd[:200]}")
+    return found
+
+
+def iptables_chains() -> list[str]:
+    found = []
+    for save in ("iptables-save", "ip6tables-save"):
+        out = subprocess.run([save], capture_output=True, text=True, check=True, timeout=30).stdout
+        found += [f"{save}: {line}" for line in out.splitlines() if "KUBE-" in line or "CNI-" in line]
+    return found
+
+
+def test_down_leaves_the_host_clean(real_stack: DevStack, baseline_sysctls: dict[str, str | None]) -> None:
+    """Runs last in the module: stops the stack and compares the host with the baseline."""
+    node = real_stack.node
+    real_stack.down()
+    assert not kubepods_dirs(), "kubepods cgroups left"
+    assert not list(Path("/sys/fs/cgroup").glob("*/kubepods*")), "kubepods cgroups left"
+    assert iptables_chains() == []
+    assert not Path(f"/sys/class/net/{node.bridge}").exists(), f"bridge {node.bridge} left"
+    assert mounts_under([real_stack.state, node.run_dir]) == []
+    assert not node.run_dir.exists()
+    assert stack_processes(real_stack, node) == []
+    assert host_sysctls() == baseline_sysctls
+    assert not node.active()
+    real_stack.down()  # idempotent
+    assert not node.active()

@@ -7,7 +7,7 @@ import sys
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The source checkout this package lives in (devstack/pantau_dev/settings.py -> repo root).
@@ -43,8 +43,11 @@ class DevSettings(BaseSettings):
     state_dir: Path = Field(
         default_factory=_default_state_dir, description="PKI, etcd data, PID files, logs."
     )
+    # PANTAU_CACHE is the variable the Makefile, tools/build.sh and tools/images.sh read: the stack
+    # must look where they built.
     cache_dir: Path = Field(
         default_factory=_default_cache_dir,
+        validation_alias=AliasChoices("PANTAU_DEV_CACHE_DIR", "PANTAU_CACHE", "cache_dir"),
         description="Where tools/build.sh put the Go binaries and .ci/run put Triton (PANTAU_CACHE).",
     )
     shared_dir: Path = Field(

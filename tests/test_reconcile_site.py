@@ -8,21 +8,14 @@ from datetime import timedelta
 from pantau.reconcile.facts import ObjectFacts
 from pantau.reconcile.site import camera_cost, plan_site
 from tests.cases_reconcile import NOW, POOL, SETTINGS, cam, observe, ready_condition, report, site
+from tests.test_builders import KINDS
 
 
 def test_plan_assigns_every_camera_and_builds_the_pool() -> None:
     cameras = [cam(f"c{i}", secret="creds" if i % 2 else None) for i in range(10)]
     pods = {f"{POOL}-0": True, f"{POOL}-1": True}
     plan = plan_site(observe(site(), cameras, pods, frozenset({"creds"})), SETTINGS, NOW)
-    assert [c["kind"] for c in plan.children] == [
-        "ServiceAccount",
-        "Role",
-        "RoleBinding",
-        "Service",
-        "StatefulSet",
-        "PodDisruptionBudget",
-        "NetworkPolicy",
-    ]
+    assert [c["kind"] for c in plan.children] == KINDS
     # The pool's pods may reach exactly these cameras (one address, one rule).
     egress = plan.children[6]["spec"]["egress"]
     assert {

@@ -612,25 +612,9 @@ def tls_server(tmp_path: Path) -> Iterator[tuple[int, list[bytes]]]:
     """A TLS listener with a self-signed certificate that records what clients send after the handshake."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
+    _write_pair(tmp_path, "cert", _certificate(name, key, name, key), key)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "cert.key")
     received: list[bytes] = []
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.2)
@@ -678,45 +662,55 @@ def test_rtsps_verifies_the_certificate_unless_insecure(tls_server: tuple[int, l
 CAMERA_NAME = "camera.pantau.test"  # the name in the camera's certificate; the URL says 127.0.0.1
 
 
-def _ca_and_leaf(tmp_path: Path) -> tuple[str, ssl.SSLContext]:
-    """A test CA (PEM) and a server context whose certificate the CA issued for CAMERA_NAME only."""
+def _certificate(
+    subject: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Name,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    *extensions: tuple[x509.ExtensionType, bool],
+) -> x509.Certificate:
+    """A certificate valid from a minute ago for a day."""
     now = dt.datetime.now(dt.UTC)
-    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pantau test camera CA")])
-    ca = (
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=1))
         .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
-        .sign(ca_key, hashes.SHA256())
     )
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CAMERA_NAME)]))
-        .issuer_name(ca_name)
-        .public_key(leaf_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(CAMERA_NAME)]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    (tmp_path / "leaf.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "leaf.key").write_bytes(
-        leaf_key.private_bytes(
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _write_pair(folder: Path, stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
+    (folder / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / f"{stem}.key").write_bytes(
+        key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
     )
+
+
+def _ca_and_leaf(tmp_path: Path) -> tuple[str, ssl.SSLContext]:
+    """A test CA (PEM) and a server context whose certificate the CA issued for CAMERA_NAME only."""
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pantau test camera CA")])
+    usage = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
+    ca = _certificate(
+        ca_name, ca_key, ca_name, ca_key, (x509.BasicConstraints(ca=True, path_length=0), True), (usage, True)
+    )
+    leaf = _certificate(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CAMERA_NAME)]),
+        leaf_key,
+        ca_name,
+        ca_key,
+        (x509.SubjectAlternativeName([x509.DNSName(CAMERA_NAME)]), False),
+        (x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False),
+    )
+    _write_pair(tmp_path, "leaf", leaf, leaf_key)
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(tmp_path / "leaf.pem", tmp_path / "leaf.key")
     return ca.public_bytes(serialization.Encoding.PEM).decode(), server

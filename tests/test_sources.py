@@ -607,6 +607,18 @@ def test_mjpeg_without_images_is_no_frames() -> None:
 # ----- RTSPS certificate check ------------------------------------------------------------------------
 
 
+def _record_tls(conn: socket.socket, context: ssl.SSLContext, received: list[bytes]) -> None:
+    """Serve TLS on one accepted connection and keep what the client sends first; b"" when the
+    client refused the certificate (the handshake failed)."""
+    with conn:
+        conn.settimeout(2.0)
+        try:
+            with context.wrap_socket(conn, server_side=True) as tls:
+                received.append(tls.recv(4096))
+        except OSError:
+            received.append(b"")
+
+
 @pytest.fixture
 def tls_server(tmp_path: Path) -> Iterator[tuple[int, list[bytes]]]:
     """A TLS listener with a self-signed certificate that records what clients send after the handshake."""
@@ -626,13 +638,7 @@ def tls_server(tmp_path: Path) -> Iterator[tuple[int, list[bytes]]]:
                 conn, _ = listener.accept()
             except TimeoutError:
                 continue
-            with conn:
-                conn.settimeout(2.0)
-                try:
-                    with context.wrap_socket(conn, server_side=True) as tls:
-                        received.append(tls.recv(4096))
-                except OSError:
-                    pass  # the client refused our certificate
+            _record_tls(conn, context, received)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -780,13 +786,7 @@ def test_rtsps_camera_is_verified_with_its_own_ca_and_server_name(tmp_path: Path
     def serve() -> None:
         for _ in range(3):
             conn, _ = listener.accept()
-            with conn:
-                conn.settimeout(2.0)
-                try:
-                    with context.wrap_socket(conn, server_side=True) as tls:
-                        received.append(tls.recv(4096))
-                except OSError:
-                    received.append(b"")  # the client refused our certificate
+            _record_tls(conn, context, received)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()

@@ -35,7 +35,6 @@ LABEL_PART_OF: Final = "app.kubernetes.io/part-of"
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 # Pantau's own labels.
 LABEL_SITE: Final = "pantau.io/site"
-LABEL_CAMERA: Final = "pantau.io/camera"
 # On a Camera: the ingest pod (a StatefulSet pod name, "<pool>-<ordinal>") that serves it. Ingest pods
 # watch Cameras with the selector pantau.io/shard=<their own pod name>.
 LABEL_SHARD: Final = "pantau.io/shard"

@@ -20,6 +20,7 @@ from typing import Any
 
 import kopf
 
+from pantau.contract import ANNOTATION_PREFIX, LABEL_MANAGED_BY, LABEL_SITE, MANAGED_BY
 from pantau.handlers.state import OperatorState, reconcile_site
 from pantau.k8s.api import ApiError
 from pantau.models import GROUP, VERSION
@@ -29,15 +30,15 @@ from pantau.settings import OperatorSettings
 
 SITES = (GROUP, VERSION, "sites")
 CAMERAS = (GROUP, VERSION, "cameras")
-MANAGED = {"app.kubernetes.io/managed-by": "pantau"}
+MANAGED = {LABEL_MANAGED_BY: MANAGED_BY}
 log = logging.getLogger("pantau.operator")
 
 
 def configure(settings: kopf.OperatorSettings, ours: OperatorSettings) -> None:
     """Kopf's own state under our domain; watch timeouts so a silent stall is noticed."""
-    settings.persistence.finalizer = f"{GROUP}/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=ANNOTATION_PREFIX)
     settings.watching.server_timeout = ours.watch_server_timeout
     settings.watching.client_timeout = ours.watch_client_timeout
     settings.watching.inactivity_timeout = ours.inactivity_timeout
@@ -140,7 +141,7 @@ async def camera_changed(
 @kopf.on.event("v1", "pods", labels=MANAGED)
 @kopf.on.event("apps", "v1", "statefulsets", labels=MANAGED)
 def child_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
-    site = labels.get("pantau.io/site")
+    site = labels.get(LABEL_SITE)
     if site:
         memo["state"].mark(namespace or "", site)
 

@@ -8,8 +8,11 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from pantau.builders.names import label_value
 from pantau.contract import INGEST_PORT, MAX_STATUS_BYTES, STATUS_PATH, ReportError
-from pantau.handlers.state import pull_reports, read_limited
+from pantau.handlers.state import OperatorState, pull_reports, read_limited
+from pantau.k8s.api import KubeApi
+from pantau.settings import OperatorSettings
 from tests.cases_reconcile import NOW, report
 
 CHUNK = 64 * 1024
@@ -98,3 +101,20 @@ async def test_a_compressed_body_is_refused_uninflated() -> None:
     async with httpx.AsyncClient(transport=transport) as http, http.stream("GET", "http://pod/") as resp:
         with pytest.raises(ReportError, match="compressed"):
             await read_limited(resp, limit=CHUNK)
+
+
+async def test_a_child_marks_its_site_by_label_value_even_for_a_long_site_name() -> None:
+    class NoToken:
+        def header(self) -> dict[str, str]:
+            return {}
+
+    api = KubeApi(httpx.AsyncClient(), "pantau", 1, NoToken())
+    state = OperatorState(OperatorSettings(), api)
+    long_name = "kabupaten-bengkulu-selatan." * 4 + "pasar-manna"
+    short, long_ = state.dirty_flag("ns", "alun"), state.dirty_flag("ns", long_name)
+    state.mark_labelled("ns", label_value(long_name))
+    assert long_.is_set()
+    assert not short.is_set()
+    state.mark_labelled("other-ns", "alun")
+    assert not short.is_set()
+    await state.aclose()

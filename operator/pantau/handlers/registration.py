@@ -143,7 +143,7 @@ async def camera_changed(
 def child_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
     site = labels.get(LABEL_SITE)
     if site:
-        memo["state"].mark(namespace or "", site)
+        memo["state"].mark_labelled(namespace or "", site)
 
 
 # ----- the reconcile loop of each Site -----

@@ -18,6 +18,7 @@ import httpx
 import kopf
 from pydantic import ValidationError
 
+from pantau.builders import names
 from pantau.contract import (
     INGEST_PORT,
     LABEL_SHARD,
@@ -186,9 +187,11 @@ class OperatorState:
         if flag is not None:
             flag.set()
 
-    def mark_namespace(self, namespace: str) -> None:
-        for (ns, _), flag in self.dirty.items():
-            if ns == namespace:
+    def mark_labelled(self, namespace: str, value: str) -> None:
+        """Mark the Site whose pantau.io/site label value (children carry it) is `value`: a long
+        Site name becomes a shortened, hashed value there (names.label_value)."""
+        for (ns, name), flag in self.dirty.items():
+            if ns == namespace and names.label_value(name) == value:
                 flag.set()
 
     def forget(self, namespace: str, name: str) -> None:

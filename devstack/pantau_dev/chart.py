@@ -75,15 +75,11 @@ class Tools:
 
     def restricted_namespace(self, name: str) -> None:
         manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": RESTRICTED}}
-        self.kubectl("apply", "-f", "-", stdin=_json(manifest))
+        self.kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
 
     def install_crds(self) -> None:
         self.kubectl("apply", "--server-side", "-f", str(CHART / "crds"))
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
-
-
-def _json(obj: object) -> str:
-    return json.dumps(obj)
 
 
 OPERATOR_NAMESPACE = "pantau-system"

@@ -22,6 +22,13 @@ console = Console(stderr=True)
 ModelOption = Annotated[Path | None, typer.Option(help="YOLOX ONNX export; default: the shared one.")]
 FootageOption = Annotated[Path | None, typer.Option(help="Video clip; default: the shared vtest.avi.")]
 JsonOption = Annotated[Path | None, typer.Option("--json", help="Also write the results here.")]
+StateDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Use the stack (its Triton) with this state directory, e.g. `pantau dev up`'s, instead of "
+        "starting a throwaway one; its models are rebuilt and stay loaded."
+    ),
+]
 
 
 def _emit(render: Callable[[Any, Console], None], report: Any, json_path: Path | None, width: int) -> None:
@@ -54,13 +61,7 @@ def inference_command(
     wire_frames: Annotated[int, typer.Option(min=1, help="Frames sent to count bytes on the wire.")] = 16,
     instances: Annotated[int, typer.Option(min=1, help="Triton model instances (as `model build`).")] = 1,
     threads: Annotated[int, typer.Option(min=0, help="onnxruntime threads per instance; 0 = all cores.")] = 0,
-    state_dir: Annotated[
-        Path | None,
-        typer.Option(
-            help="Use the running stack with this state directory (e.g. `pantau dev up`'s) instead of "
-            "starting a throwaway one; its models are rebuilt and stay loaded."
-        ),
-    ] = None,
+    state_dir: StateDirOption = None,
     model: ModelOption = None,
     footage: FootageOption = None,
     json_path: JsonOption = None,
@@ -186,13 +187,7 @@ def ingest_command(
         str, typer.Option(help="CAMERASxFPS of each latency run, comma-separated; the first is nominal.")
     ] = "8x2,2x1",
     latency_seconds: Annotated[float, typer.Option(min=1.0, help="Measured seconds per latency run.")] = 15.0,
-    state_dir: Annotated[
-        Path | None,
-        typer.Option(
-            help="Use the Triton of the running stack with this state directory instead of starting a "
-            "throwaway one; its models are rebuilt and stay loaded."
-        ),
-    ] = None,
+    state_dir: StateDirOption = None,
     model: ModelOption = None,
     footage: FootageOption = None,
     json_path: JsonOption = None,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import platform
 import re
 import shutil
@@ -49,6 +48,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from pantau.triton import builder, contract, yolox
 from pantau.triton.client import ClientSettings, Detector, Wire, encode_jpeg, split_result
 from pantau.triton.local import LocalDetector
+from pantau_dev.bench.machine import cores, cpu_model, fmt
 from pantau_dev.procs import StackError
 from pantau_dev.stack import DevStack
 
@@ -463,8 +463,8 @@ def pool(measurements: Sequence[Measurement]) -> Row:
         server_cpu_ms=server_ms,
         backend_cpu_ms=cpu_ms(sum(m.backend_cpu for m in measurements), served),
         server_batch=inferences / executions if label.path == "b" and executions else None,
-        other_cpu_pct=100 * sum(m.other_cpu for m in measurements) / (seconds * _cores()),
-        cpu_bound_fps=_cores() * 1000 / total_ms if total_ms else None,
+        other_cpu_pct=100 * sum(m.other_cpu for m in measurements) / (seconds * cores()),
+        cpu_bound_fps=cores() * 1000 / total_ms if total_ms else None,
     )
 
 
@@ -772,8 +772,8 @@ def run(
 
     return Report(
         date=datetime.now(UTC).isoformat(timespec="seconds"),
-        machine=f"{_cpu_model()}, {_cores()} cores, {platform.system()} {platform.release()}",
-        cores=_cores(),
+        machine=f"{cpu_model()}, {cores()} cores, {platform.system()} {platform.release()}",
+        cores=cores(),
         model=model_path.name,
         footage=footage.name,
         config=config,
@@ -836,26 +836,10 @@ def goals(rows: Sequence[Row], wire: Sequence[WireSize]) -> list[Goal]:
 
 
 def _noise(row: Row) -> str:
-    return f"other load {_f(row.other_cpu_pct, 0)}%"
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0))
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+    return f"other load {fmt(row.other_cpu_pct, 0)}%"
 
 
 # ----- output -----
-
-
-def _f(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
 
 
 def render(report: Report, console: Console) -> None:
@@ -890,17 +874,17 @@ def render(report: Report, console: Console) -> None:
             r.wire,
             str(r.concurrency),
             f"<={r.batch}" if r.path == "b" else str(r.batch),
-            _f(r.fps),
-            _f(r.p50_ms),
-            _f(r.p99_ms),
-            _f(r.fps / best.fps if best and best.fps else None, 2),
-            _f(r.fps / same_c.fps if same_c and same_c.fps else None, 2),
-            _f(r.client_cpu_ms),
-            _f(r.server_cpu_ms),
-            _f(r.backend_cpu_ms),
-            _f(r.cpu_bound_fps),
-            _f(r.server_batch),
-            _f(r.other_cpu_pct, 0),
+            fmt(r.fps),
+            fmt(r.p50_ms),
+            fmt(r.p99_ms),
+            fmt(r.fps / best.fps if best and best.fps else None, 2),
+            fmt(r.fps / same_c.fps if same_c and same_c.fps else None, 2),
+            fmt(r.client_cpu_ms),
+            fmt(r.server_cpu_ms),
+            fmt(r.backend_cpu_ms),
+            fmt(r.cpu_bound_fps),
+            fmt(r.server_batch),
+            fmt(r.other_cpu_pct, 0),
         )
     console.print(table)
 
@@ -919,10 +903,10 @@ def render(report: Report, console: Console) -> None:
         sizes.add_row(
             s.wire,
             s.model,
-            _f(s.tensor_bytes, 0),
-            _f(s.request_bytes, 0),
-            _f(s.request_bytes / MB, 3),
-            _f(s.response_bytes, 0),
+            fmt(s.tensor_bytes, 0),
+            fmt(s.request_bytes, 0),
+            fmt(s.request_bytes / MB, 3),
+            fmt(s.response_bytes, 0),
             str(s.detections),
         )
     console.print(sizes)
@@ -932,5 +916,5 @@ def render(report: Report, console: Console) -> None:
         summary.add_column(column)
     for g in report.goals:
         mark = "[green]met[/green]" if g.met else "[red]not met[/red]"
-        summary.add_row(g.name, g.target, f"{g.value:.3f}", mark, _f(g.cpu_bound, 3), g.detail)
+        summary.add_row(g.name, g.target, f"{g.value:.3f}", mark, fmt(g.cpu_bound, 3), g.detail)
     console.print(summary)

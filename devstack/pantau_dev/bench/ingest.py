@@ -53,6 +53,7 @@ from pantau.models.site import CameraDefaults
 from pantau.triton import builder, contract, yolox
 from pantau.triton.client import ClientSettings, Detector, InferenceError
 from pantau_dev.bench.inference import Endpoints, Goal, input_size
+from pantau_dev.bench.machine import cores, cpu_model, fmt
 from pantau_dev.cameras import RtspCameraServer, RtspMount
 from pantau_dev.net import free_port
 from pantau_dev.procs import ProcessTable, StackError
@@ -254,7 +255,7 @@ class _Used:
             own=own / seconds,
             server=server / seconds,
             triton=triton / seconds,
-            other_pct=max(0.0, 100 * other / (seconds * _cores())),
+            other_pct=max(0.0, 100 * other / (seconds * cores())),
         )
 
 
@@ -679,8 +680,8 @@ def run(
                     latency.append(asyncio.run(measure_latency(url, endpoints, config, load, meter, events)))
     return Report(
         date=datetime.now(UTC).isoformat(timespec="seconds"),
-        machine=f"{_cpu_model()}, {_cores()} cores, {platform.system()} {platform.release()}",
-        cores=_cores(),
+        machine=f"{cpu_model()}, {cores()} cores, {platform.system()} {platform.release()}",
+        cores=cores(),
         footage=footage.name,
         model=model_path.name,
         stream=s.describe(),
@@ -748,7 +749,7 @@ def notes(rows: Sequence[DecodeRow], latency: Sequence[LatencyResult], config: I
     for fps in sorted({r.fps for r in rows if r.path == "pantau"}):
         full = [r for r in rows if r.path == "pantau" and r.fps == fps and r.keyframes_only < r.cameras]
         if full and 1 / fps >= gop:
-            measured = ", ".join(_f(r.gop_s, 2) for r in full)
+            measured = ", ".join(fmt(r.gop_s, 2) for r in full)
             out.append(
                 f"pantau at {fps:g} fps: a sample every {1 / fps:.3g} s and a keyframe every {gop:g} s "
                 f"(measured {measured} s), yet sessions decoded every frame: keyframes-only decoding starts "
@@ -777,23 +778,7 @@ def notes(rows: Sequence[DecodeRow], latency: Sequence[LatencyResult], config: I
     return out
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0))
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
 # ----- output -----
-
-
-def _f(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None or math.isnan(value) else f"{value:,.{digits}f}"
 
 
 def render(report: Report, console: Console) -> None:
@@ -818,18 +803,18 @@ def render(report: Report, console: Console) -> None:
             r.name,
             str(r.cameras),
             f"{r.fps:g}",
-            _f(r.cores, 3),
-            _f(r.cameras_per_core),
-            _f(ratio, 2) if r.path == "pantau" else "",
-            _f(r.sampled_pct, 0),
-            _f(r.letterbox_cores, 3),
-            _f(r.received_fps),
-            _f(r.decoded_fps),
+            fmt(r.cores, 3),
+            fmt(r.cameras_per_core),
+            fmt(ratio, 2) if r.path == "pantau" else "",
+            fmt(r.sampled_pct, 0),
+            fmt(r.letterbox_cores, 3),
+            fmt(r.received_fps),
+            fmt(r.decoded_fps),
             f"{r.keyframes_only}/{r.cameras}" if r.path == "pantau" else "-",
-            _f(r.gop_s, 2),
+            fmt(r.gop_s, 2),
             "yes" if r.kept_up else "[red]no[/red]",
-            _f(r.server_cores, 2),
-            _f(r.other_cpu_pct, 0),
+            fmt(r.server_cores, 2),
+            fmt(r.other_cpu_pct, 0),
         )
     console.print(table)
 
@@ -858,16 +843,16 @@ def render(report: Report, console: Console) -> None:
                 str(lat.cameras),
                 f"{lat.fps:g}",
                 str(lat.events),
-                _f(lat.events_pct, 0),
-                _f(lat.p50_ms),
-                _f(lat.p99_ms),
-                _f(lat.max_ms),
-                f"{_f(lat.infer_p50_ms)} / {_f(lat.infer_p99_ms)}",
+                fmt(lat.events_pct, 0),
+                fmt(lat.p50_ms),
+                fmt(lat.p99_ms),
+                fmt(lat.max_ms),
+                f"{fmt(lat.infer_p50_ms)} / {fmt(lat.infer_p99_ms)}",
                 str(lat.dropped),
-                _f(lat.ingest_cores, 3),
-                _f(lat.triton_cores, 3),
-                _f(lat.server_cores, 2),
-                _f(lat.other_cpu_pct, 0),
+                fmt(lat.ingest_cores, 3),
+                fmt(lat.triton_cores, 3),
+                fmt(lat.server_cores, 2),
+                fmt(lat.other_cpu_pct, 0),
             )
         console.print(latency)
 

@@ -61,6 +61,7 @@ from rich.table import Table
 from pantau.builders import names
 from pantau.contract import LABEL_SHARD
 from pantau.models import GROUP, VERSION
+from pantau_dev.bench.machine import cores, cpu_model, fmt
 from pantau_dev.net import free_port
 from pantau_dev.procs import ProcessRecord, ProcessTable, StackError, wait_for
 from pantau_dev.settings import REPO_ROOT, DevSettings
@@ -807,8 +808,8 @@ def run(
     cpu_s = {k: round(cpu_after[k] - cpu_before.get(k, 0.0), 2) for k in sorted(cpu_after)}
     report = Report(
         date=datetime.now(UTC).isoformat(timespec="seconds"),
-        machine=f"{_cpu_model()}, {_cores()} cores, {platform.system()} {platform.release()}",
-        cores=_cores(),
+        machine=f"{cpu_model()}, {cores()} cores, {platform.system()} {platform.release()}",
+        cores=cores(),
         config=asdict(config),
         operator_env={
             k: v for k, v in sorted(operator.env.items()) if k.startswith("PANTAU_") and "LIVENESS" not in k
@@ -934,23 +935,7 @@ def run_fresh(
                     shutil.copy2(log, keep_logs / log.name)
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0))
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
 # ----- output -----
-
-
-def _f(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
 
 
 def _rows(report: Report) -> Iterator[tuple[str, str]]:
@@ -958,14 +943,14 @@ def _rows(report: Report) -> Iterator[tuple[str, str]]:
     yield "cameras / sites", f"{r.cameras:,} / {r.sites}"
     yield (
         "baseline create rate, no operator (Cameras/s)",
-        f"{_f(r.baseline.rate)} ({_f(r.baseline.seconds)} s)",
+        f"{fmt(r.baseline.rate)} ({fmt(r.baseline.seconds)} s)",
     )
-    yield "create rate with the operator (Cameras/s)", f"{_f(r.created.rate)} ({_f(r.created.seconds)} s)"
-    yield "time to converge (s)", _f(r.converge_s) if r.converged else f"not within {r.config['timeout']} s"
-    yield "  lag after the last create (s)", _f(r.lag_s)
-    yield "  ratio: converge / baseline create time", _f(r.ratio, 2)
+    yield "create rate with the operator (Cameras/s)", f"{fmt(r.created.rate)} ({fmt(r.created.seconds)} s)"
+    yield "time to converge (s)", fmt(r.converge_s) if r.converged else f"not within {r.config['timeout']} s"
+    yield "  lag after the last create (s)", fmt(r.lag_s)
+    yield "  ratio: converge / baseline create time", fmt(r.ratio, 2)
     yield "assigned Cameras / pools", f"{r.assigned:,} / {r.pools}"
-    yield "writes per Camera: to Cameras", f"{_f(r.writes_per_camera, 2)} ({r.camera_writes:,} requests)"
+    yield "writes per Camera: to Cameras", f"{fmt(r.writes_per_camera, 2)} ({r.camera_writes:,} requests)"
     yield (
         "  changes to Cameras (watch: MODIFIED)",
         f"{r.camera_changes:,} ({r.camera_changes_at_converge:,} by convergence)",
@@ -973,25 +958,25 @@ def _rows(report: Report) -> Iterator[tuple[str, str]]:
     yield (
         "  incl. Sites, pool objects, Events",
         (
-            f"{_f(r.total_writes_per_camera, 2)} ({r.total_writes:,} = {r.camera_writes:,}"
+            f"{fmt(r.total_writes_per_camera, 2)} ({r.total_writes:,} = {r.camera_writes:,}"
             f" + {r.site_writes:,} + {r.pool_writes:,} + {r.event_writes:,})"
         ),
     )
     yield (
         "operator peak RSS (MB)",
         (
-            f"{_f(r.peak_rss_mb)} (before the first create {_f(r.start_rss_mb)},"
-            f" at the end {_f(r.final_rss_mb)})"
+            f"{fmt(r.peak_rss_mb)} (before the first create {fmt(r.start_rss_mb)},"
+            f" at the end {fmt(r.final_rss_mb)})"
         ),
     )
     ours = sum(r.cpu_s.values())
     yield (
         "CPU seconds in the run: stack, operator, benchmark",
-        f"{_f(ours)} of {_f(r.wall_s * r.cores)} ({r.cores} cores x {_f(r.wall_s)} s)",
+        f"{fmt(ours)} of {fmt(r.wall_s * r.cores)} ({r.cores} cores x {fmt(r.wall_s)} s)",
     )
     yield (
         "  other processes on the machine (noise)",
-        f"{_f(r.other_cpu_s)} (hypervisor steal {_f(r.steal_s)})",
+        f"{fmt(r.other_cpu_s)} (hypervisor steal {fmt(r.steal_s)})",
     )
 
 
@@ -1016,7 +1001,7 @@ def render(report: Report, console: Console) -> None:
     writes.add_column("ms in the API server", justify="right")
     for name, n in report.requests.items():
         writes.add_row(
-            name, f"{n:,}", f"{report.failed_requests.get(name, 0):,}", _f(report.server_ms.get(name))
+            name, f"{n:,}", f"{report.failed_requests.get(name, 0):,}", fmt(report.server_ms.get(name))
         )
     for reason, n in report.events.items():
         writes.add_row(f"Event {reason}", f"{n:,}", "", "")
@@ -1025,7 +1010,7 @@ def render(report: Report, console: Console) -> None:
     cpu = Table(title="CPU seconds per process during the run")
     for name in report.cpu_s:
         cpu.add_column(name, justify="right")
-    cpu.add_row(*(_f(v) for v in report.cpu_s.values()))
+    cpu.add_row(*(fmt(v) for v in report.cpu_s.values()))
     console.print(cpu)
 
     summary = Table(title="Goals")
@@ -1033,5 +1018,5 @@ def render(report: Report, console: Console) -> None:
         summary.add_column(column)
     for g in report.goals:
         mark = "[green]met[/green]" if g.met else "[red]not met[/red]"
-        summary.add_row(g.name, g.target, _f(g.value, 2), mark, g.detail)
+        summary.add_row(g.name, g.target, fmt(g.value, 2), mark, g.detail)
     console.print(summary)

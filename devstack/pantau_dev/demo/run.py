@@ -131,19 +131,8 @@ class Demo:
     def kubectl(
         self, *args: str, stdin: str | None = None, namespaced: bool = True, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        binary = self.stack.settings.bin_dir("k8s") / "kubectl"
         ns = ["-n", self.namespace] if namespaced else []
-        done = subprocess.run(
-            [str(binary), f"--kubeconfig={self.stack.kubeconfig}", *ns, *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if check and done.returncode != 0:
-            raise RuntimeError(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
-        return done
+        return self.release.tools.kubectl(*ns, *args, stdin=stdin, check=check)
 
     def objects(self, kind: str) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = json.loads(self.kubectl("get", kind, "-o", "json").stdout)["items"]

@@ -13,9 +13,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from pantau.models.limits import DEFAULT_PORTS
+
 Manifest = dict[str, Any]
 
-_DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
 API_SERVER_PORTS = (443, 6443)  # managed clusters serve on 443, kubeadm ones on 6443
 DNS_PORT = 53
 
@@ -25,7 +26,7 @@ def endpoint(url: str) -> tuple[str, int] | None:
     parts = urlsplit(url if "://" in url else f"tcp://{url}")
     if parts.scheme == "file" or not parts.hostname:
         return None
-    port = parts.port or _DEFAULT_PORTS.get(parts.scheme.lower())
+    port = parts.port or DEFAULT_PORTS.get(parts.scheme.lower())
     return (parts.hostname, port) if port else None
 
 

@@ -25,4 +25,6 @@ CLASS_NAME_PATTERN: Final = r"^[a-z][a-z ]*[a-z]$"
 # A user (and maybe a password) before the host: scheme://user[:password]@host...
 CREDENTIALS_IN_URL_PATTERN: Final = r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#@]*@"
 SCHEMES: Final = ("rtsp", "rtsps", "http", "https", "file")
+# The port a camera or sink URL connects to when it names none.
+DEFAULT_PORTS: Final = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
 WEBHOOK_URL_PATTERN: Final = r"^https?://[^/?#]+([/?#].*)?$"

@@ -11,9 +11,8 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
+from pantau.models.limits import DEFAULT_PORTS
 from pantau.reconcile.facts import ObjectFacts
-
-_DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
 
 
 def source_key(url: str) -> str:
@@ -23,7 +22,7 @@ def source_key(url: str) -> str:
     scheme = parts.scheme.lower()
     if scheme == "file":
         return url
-    port = parts.port or _DEFAULT_PORTS.get(scheme, 0)
+    port = parts.port or DEFAULT_PORTS.get(scheme, 0)
     return f"{scheme}://{(parts.hostname or '').lower()}:{port}{parts.path or '/'}?{parts.query}"
 
 

@@ -21,7 +21,6 @@ httpx (whose text can hold that URL) are never chained to ours.
 from __future__ import annotations
 
 from pantau.ingest.sources.base import (
-    DEFAULT_PORTS,
     URL_SCHEMES,
     Convert,
     Image,
@@ -56,7 +55,6 @@ from pantau.ingest.sources.pyav import (
 
 __all__ = [
     "ANALYZE_MICROSECONDS",
-    "DEFAULT_PORTS",
     "FFMPEG_LOGGER",
     "KEYFRAMES_ONLY_ABOVE",
     "KEYFRAMES_ONLY_BELOW",

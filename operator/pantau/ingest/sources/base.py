@@ -23,7 +23,7 @@ import av.error
 import httpx
 import numpy.typing as npt
 
-from pantau.models.limits import MAX_FPS
+from pantau.models.limits import DEFAULT_PORTS, MAX_FPS
 from pantau.redact import basic_auth_token, redact_url, scrub
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,6 @@ Image = npt.NDArray[Any]
 Convert = Callable[[av.VideoFrame], Image]
 T = TypeVar("T")
 
-DEFAULT_PORTS: Final = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
 URL_SCHEMES: Final[dict[str, tuple[str, ...]]] = {
     "rtsp": ("rtsp",),
     "rtsps": ("rtsps",),

@@ -13,19 +13,19 @@ APT_PACKAGES := gir1.2-gst-rtsp-server-1.0 gir1.2-gstreamer-1.0 python3-gi pytho
 	gstreamer1.0-plugins-ugly gstreamer1.0-libav util-linux libseccomp-dev pkg-config \
 	iptables busybox-static
 
-# Only for `make images` (not part of setup): image builds without a daemon or registry, and the
-# tests' unpacking of the archives.
+# For `make images`: image builds without a daemon or registry, and the tests' unpacking of the
+# archives.
 IMAGES_APT_PACKAGES := buildah mmdebstrap umoci
 
-.PHONY: help setup deps venv triton tools node-tools lint test test-smoke demo clean-stack images images-deps
+.PHONY: help setup deps venv triton tools lint test test-smoke demo clean-stack images images-deps
 
 help:
 	@echo "make demo   - set up, then run the local stack until Ctrl-C"
 	@echo "make test   - set up, lint, then run the test suites on the real local stack"
-	@echo "make setup  - Debian packages, Python venv, Triton, Go-built stack binaries (cached)"
+	@echo "make setup  - Debian packages, Python venv, Triton, Go-built stack binaries, images (cached)"
 	@echo "make images - product, Triton and base images as OCI archives in \$$PANTAU_CACHE/images (cached)"
 
-setup: deps venv triton tools
+setup: deps venv triton tools images
 
 # Debian packages for the RTSP test cameras (GStreamer RTSP server through the system python3-gi).
 deps:
@@ -55,15 +55,11 @@ $(TRITON_DIR)/.installed:
 	test -x $(TRITON_DIR)/pytriton/tritonserver/bin/tritonserver
 	touch $@
 
-# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, kwok, helm, Jaeger,
-# and the real node's runc (cgo + libseccomp-dev from deps), containerd, CNI plugins and crictl:
-# built from the Go module proxy into $(PANTAU_CACHE)/bin, skipped when already built.
-tools:
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, kube-proxy, kwok,
+# helm, Jaeger, and the node's runc (cgo + libseccomp-dev from deps), containerd, CNI plugins,
+# crictl and CoreDNS: built from the Go module proxy into $(PANTAU_CACHE)/bin, skipped when built.
+tools: deps
 	tools/build.sh
-
-# A real node's pieces (docs/local-node.md): those `tools` builds, and CoreDNS (not used yet).
-node-tools: deps
-	tools/build.sh k8s runc containerd cni crictl coredns
 
 # Container images built with buildah, no daemon or registry (tools/images.sh, docs/images.md):
 # OCI archives and images.json under $(PANTAU_CACHE)/images, rebuilt only when their inputs change.

@@ -78,8 +78,8 @@ def test_broken_camera_tells_why(demo: Demo) -> None:
 
 def events_of(demo: Demo, camera_name: str) -> list[dict[str, Any]]:
     found = []
-    for log in (demo.stack.settings.log_dir / "pods").glob(f"pod-{demo.namespace}-*.log"):
-        for line in log.read_text(errors="replace").splitlines():
+    for pod in demo.objects("pods"):
+        for line in demo.pod_log(pod["metadata"]["name"]).splitlines():
             if line.startswith("{") and f'"camera":"{demo.namespace}/{camera_name}"' in line.replace(" ", ""):
                 found.append(json.loads(line))
     return found
@@ -155,8 +155,9 @@ def test_password_protected_camera_works_and_its_password_is_nowhere(demo: Demo)
         return [f"{where}" for n in needles if n in text]
 
     found: list[str] = []
-    # Every log of the stack: control plane, operator, ingest pods, cameras, Triton, Jaeger.
-    for path in Path(demo.stack.settings.log_dir).rglob("*.log"):
+    # Every log of the stack: control plane, node, operator and ingest pods (the kubelet's pod
+    # logs), cameras, Triton, Jaeger.
+    for path in Path(demo.stack.state).rglob("*.log"):
         found += leaks(path.read_text(errors="replace"), str(path))
     # Statuses and Events.
     for kind in ("cameras", "sites", "events", "pods", "configmaps", "statefulsets"):
@@ -182,12 +183,11 @@ def test_fps_change_reaches_the_ingest_pod_without_restarting_it(demo: Demo) -> 
     )
     before = ingest_pods(demo)
     pod = camera(demo, "test-pattern")["status"]["pod"]
-    log = demo.stack.settings.log_dir / "pods" / f"pod-{demo.namespace}-{pod}-ingest.log"
     marker = "camera test-pattern: streaming from"
-    starts = log.read_text().count(marker)
+    starts = demo.pod_log(pod).count(marker)
     demo.kubectl("patch", "camera", "test-pattern", "--type=merge", "-p", '{"spec":{"sampling":{"fps":2}}}')
     # The pod's watch delivers the new spec and the camera's session restarts with the new rate.
-    wait_for(lambda: log.read_text().count(marker) > starts, timeout=30, what="the pod took the new fps")
+    wait_for(lambda: demo.pod_log(pod).count(marker) > starts, timeout=30, what="the pod took the new fps")
     wait_for(
         lambda: demo.pod_reports().get("test-pattern", {}).get("state") == "Streaming",
         timeout=30,

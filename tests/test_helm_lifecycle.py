@@ -1,16 +1,17 @@
 """The chart's life on the local stack, as an SRE lives it: helm install, upgrade (only the operator
 rolls; Cameras keep their pods and the ingest pods keep running), rollback, two replicas in peering
-(kill the active one: the standby takes over), uninstall (no pods left, CRDs kept). The operator runs
-under the chart's ServiceAccount only."""
+(kill the active one: the standby takes over), `helm test`, uninstall (no pods left, CRDs kept). The
+operator and its ingest pods run from the product image on the stack's node, the operator under the
+chart's ServiceAccount only."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,7 +37,7 @@ class Life:
 
     def values(self, **overrides: Any) -> dict[str, Any]:
         operator = {"watchNamespaces": [SITES], **overrides.pop("operator", {})}
-        return local_values(self.info, operator=operator, **overrides)
+        return local_values(self.info, self.stack.settings, operator=operator, **overrides)
 
     def get(self, kind: str, name: str = "", namespace: str = SITES) -> Any:
         scope = ["-n", namespace] if namespace else []
@@ -74,8 +75,12 @@ class Life:
         return sorted(p["metadata"]["uid"] for p in self.release.operator_pods())
 
     def operator_log(self, pod: str) -> str:
-        path = Path(self.stack.settings.log_dir) / "pods" / f"pod-{self.release.namespace}-{pod}-operator.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        return self.tools.kubectl("logs", "-n", self.release.namespace, pod, check=False).stdout
+
+    def operator_pid(self, pod: str) -> int:
+        """The operator container's process on the node (for a signal a test sends it)."""
+        status = self.get("pod", pod, namespace=self.release.namespace)["status"]
+        return self.stack.node.container_pid(status["containerStatuses"][0]["containerID"])
 
 
 def site() -> dict[str, Any]:
@@ -86,14 +91,13 @@ def site() -> dict[str, Any]:
         "spec": {
             "displayName": "Alun-alun",
             "region": "Kota Bengkulu",
-            "placement": {"nodeSelector": {"kubernetes.io/hostname": "pantau-local"}},
             "ingest": {"minPods": 1, "maxPods": 2},
             "cameraDefaults": {"fps": 1},
         },
     }
 
 
-def camera(name: str, port: int) -> dict[str, Any]:
+def camera(name: str, host: str, port: int) -> dict[str, Any]:
     # Nothing listens on the port: the camera's status says ConnectionRefused, which proves the whole
     # chain (operator under its ServiceAccount, ingest pod, its report) without a stream's CPU.
     return {
@@ -102,7 +106,7 @@ def camera(name: str, port: int) -> dict[str, Any]:
         "metadata": {"name": name},
         "spec": {
             "siteRef": {"name": "alun-alun"},
-            "source": {"url": f"rtsp://127.0.0.1:{port}/{name}", "protocol": "rtsp"},
+            "source": {"url": f"rtsp://{host}:{port}/{name}", "protocol": "rtsp"},
         },
     }
 
@@ -129,7 +133,8 @@ def test_install_runs_the_operator_under_its_service_account(life: Life) -> None
     life.release.install(life.values())
     (pod,) = life.release.operator_pods()
     assert pod["spec"]["serviceAccountName"] == "life-pantau-operator"
-    life.apply(site(), camera("gerbang", free_port()), camera("menara", free_port()))
+    host = life.info.host_ip
+    life.apply(site(), camera("gerbang", host, free_port(host)), camera("menara", host, free_port(host)))
     wait_for(
         lambda: reason(life, "gerbang") == "ConnectionRefused",
         timeout=90,
@@ -192,21 +197,39 @@ def test_with_two_replicas_the_standby_takes_over_within_30_s(life: Life) -> Non
     # The active one goes silent without a goodbye (SIGSTOP: a hung process or a lost node; a graceful
     # stop removes its peering entry and the standby resumes at once; a killed container would be
     # restarted in its pod). The standby must notice the silence by itself.
-    process = life.stack.procs.running(f"pod-{life.release.namespace}-{active}-operator")
-    assert process is not None, f"no process for pod {active}"
-    os.kill(process.pid, signal.SIGSTOP)
+    pid = life.operator_pid(active)
+    os.kill(pid, signal.SIGSTOP)
     try:
         silent = time.monotonic()
-        life.apply(camera("gerbang-2", free_port()))
+        host = life.info.host_ip
+        life.apply(camera("gerbang-2", host, free_port(host)))
         wait_for(
             lambda: reason(life, "gerbang-2") is not None, timeout=45, what="the standby handling a Camera"
         )
         took_over = time.monotonic() - silent
     finally:
-        os.kill(process.pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
     assert life.operator_log(standby).count("Resuming operations") > resumed, "the standby did not resume"
     print(f"\nactive operator silent -> standby took over: {took_over:.1f} s")
     assert took_over <= 30
+
+
+def test_helm_test_passes(life: Life) -> None:
+    """The chart's test hook: a pod that asks the operator's Service for /healthz by its DNS name."""
+    wait_for(
+        lambda: (
+            all(
+                c.get("ready")
+                for p in life.release.operator_pods()
+                for c in p["status"].get("containerStatuses", [])
+            )
+            and len(life.release.operator_pods()) == 2
+        ),
+        timeout=90,
+        what="both operator pods ready",
+    )
+    result = life.tools.helm("test", life.release.name, "-n", life.release.namespace, "--timeout", "120s")
+    assert re.search(r"Phase:\s+Succeeded", result.stdout), result.stdout
 
 
 def test_uninstall_leaves_no_pods_and_keeps_the_crds(life: Life) -> None:

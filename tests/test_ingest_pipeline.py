@@ -1,12 +1,11 @@
-"""Ingest pods for real: the operator's pool runs `pantau ingest` on the local node, which reads an
-RTSP camera serving real footage, sends frames to Triton, emits events and leaves traces."""
+"""Ingest pods for real: Pantau installed with its chart, the operator's pool runs `pantau ingest` from
+the product image on the stack's node, which reads an RTSP camera serving real footage (on the
+node's address), sends frames to Triton, emits events and leaves traces."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,19 +15,20 @@ import pytest
 import yaml
 
 from pantau_dev.cameras import RtspCameraServer, RtspMount
+from pantau_dev.chart import Release, Tools, local_values
 from pantau_dev.net import free_port
-from pantau_dev.procs import ProcessRecord, ProcessTable, wait_for
-from pantau_dev.settings import REPO_ROOT
+from pantau_dev.procs import ProcessTable, wait_for
 from pantau_dev.stack import DevStack, StackInfo
 from tests.test_inference_triton import model_path, triton_models  # noqa: F401 - shared fixtures
 
 pytestmark = pytest.mark.integration
 GROUP, VERSION = "pantau.io", "v1alpha1"
+NAMESPACE = "pantau-pipeline"
 
 
 @pytest.fixture(scope="module")
 def camera_server(
-    dev_stack: DevStack, shared_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    stack_info: StackInfo, shared_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RtspCameraServer]:
     tmp = tmp_path_factory.mktemp("cams")
     table = ProcessTable(tmp / "pids", tmp / "logs")
@@ -38,49 +38,24 @@ def camera_server(
             path="/vtest", source="file", file=vtest, fps=10, width=768, height=576, keyframe_interval=20
         ),
     ]
-    server = RtspCameraServer(table, "rtsp-ingest", free_port(), mounts, tmp)
+    host = stack_info.host_ip
+    server = RtspCameraServer(table, "rtsp-ingest", free_port(host), mounts, tmp, host=host)
     server.start()
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def operator_process(
-    dev_stack: DevStack,
-    stack_info: StackInfo,
-    kubectl: list[str],
-    triton_models: str,  # noqa: F811
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[ProcessRecord]:
-    for f in sorted((REPO_ROOT / "crds").glob("*.yaml")):
-        subprocess.run([*kubectl, "apply", "--server-side", "-f", str(f)], check=True, capture_output=True)
-    subprocess.run(
-        [*kubectl, "wait", "--for=condition=Established", "--timeout=30s", "crd/cameras.pantau.io"],
-        check=True,
-        capture_output=True,
-    )
-    tmp = tmp_path_factory.mktemp("op")
-    table = ProcessTable(tmp / "pids", tmp / "logs")
-    port = free_port()
-    env = {
-        **os.environ,
-        "KUBECONFIG": str(dev_stack.kubeconfig),
-        "PANTAU_RESYNC_INTERVAL": "2",
-        "PANTAU_LIVENESS_HOST": "127.0.0.1",
-        "PANTAU_LIVENESS_PORT": str(port),
-        "PANTAU_STATUS_NETWORKS": '["127.0.0.0/8"]',
-        "PANTAU_TRITON_ADDRESS": triton_models,
-        "PANTAU_OTLP_ENDPOINT": stack_info.jaeger_otlp_grpc or "",
-    }
-    record = table.spawn("operator", [str(Path(sys.executable).parent / "pantau"), "operator"], env=env)
-    wait_for(
-        lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200,
-        timeout=60,
-        what="operator healthz",
-        record=record,
-    )
-    yield record
-    table.stop("operator", grace=15)
+def namespace(dev_stack: DevStack, stack_info: StackInfo, triton_models: str) -> Iterator[str]:  # noqa: F811
+    """Pantau installed with its chart, watching one namespace for this module's Site and Camera."""
+    tools = Tools(dev_stack.settings, dev_stack.kubeconfig)
+    release = Release(tools, name="pipeline", namespace="pantau-pipeline-system")
+    tools.kubectl("create", "namespace", NAMESPACE)
+    release.install(local_values(stack_info, dev_stack.settings, operator={"watchNamespaces": [NAMESPACE]}))
+    yield NAMESPACE
+    tools.kubectl("delete", "sites", "--all", "-n", NAMESPACE, "--timeout=60s", check=False)
+    release.uninstall()
+    tools.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
 
 
 def apply(kubectl: list[str], namespace: str, *docs: dict[str, Any]) -> None:
@@ -105,7 +80,6 @@ def get(kubectl: list[str], namespace: str, kind: str, name: str) -> dict[str, A
 
 
 def test_ingest_pod_streams_real_footage_through_triton_with_traces_and_events(
-    operator_process: ProcessRecord,
     camera_server: RtspCameraServer,
     kubectl: list[str],
     namespace: str,
@@ -119,7 +93,6 @@ def test_ingest_pod_streams_real_footage_through_triton_with_traces_and_events(
         "spec": {
             "displayName": "Kota",
             "region": "Kota Bengkulu",
-            "placement": {"nodeSelector": {"kubernetes.io/hostname": "pantau-local"}},
             "ingest": {"minPods": 1, "maxPods": 1},
             "eventSinks": [{"name": "log", "type": "stdout"}],
         },
@@ -146,13 +119,14 @@ def test_ingest_pod_streams_real_footage_through_triton_with_traces_and_events(
     pod = cam["status"]["pod"]
 
     # Events: the pod's stdout sink writes one JSON line per processed frame.
-    log = dev_stack.settings.log_dir / "pods"
-
     def events() -> list[dict[str, Any]]:
-        lines = [
-            line for f in log.glob(f"pod-{namespace}-{pod}-*.log") for line in f.read_text().splitlines()
-        ]
-        return [json.loads(line) for line in lines if line.startswith("{")]
+        logs = subprocess.run(
+            [*kubectl, "logs", "-n", namespace, pod, "--all-containers"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        return [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
 
     found = wait_for(
         lambda: [e for e in events() if any(d["class"] == "person" for d in e["detections"])],

@@ -17,7 +17,7 @@ from kubernetes import client
 from pantau_dev.net import free_port
 from pantau_dev.procs import ProcessRecord, ProcessTable, wait_for
 from pantau_dev.settings import REPO_ROOT
-from pantau_dev.stack import DevStack
+from pantau_dev.stack import KWOK_TAINT, DevStack
 
 pytestmark = pytest.mark.integration
 GROUP, VERSION = "pantau.io", "v1alpha1"
@@ -103,8 +103,11 @@ def site(name: str, **ingest: Any) -> dict[str, Any]:
         "spec": {
             "displayName": name.title(),
             "region": "Kota Bengkulu",
-            # Fake nodes: pool pods become Running/Ready without running anything.
-            "placement": {"nodeSelector": {"type": "kwok"}},
+            # Fake nodes (tainted): pool pods become Running/Ready without running anything.
+            "placement": {
+                "nodeSelector": {"type": "kwok"},
+                "tolerations": [{"key": KWOK_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"}],
+            },
             "ingest": {"minPods": 1, "maxPods": 4, **ingest},
         },
     }

@@ -14,7 +14,7 @@ import pytest
 
 from pantau_dev.settings import REPO_ROOT
 
-DEV_MARKERS = ("pantau_dev", "/dev/", "/bench/", "/demo/", "nodeagent", "faultproxy", "httpcamera")
+DEV_MARKERS = ("pantau_dev", "/dev/", "/bench/", "/demo/", "faultproxy", "httpcamera")
 
 
 def _wheel(source: Path, out: Path) -> Path:

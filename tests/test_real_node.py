@@ -1,9 +1,9 @@
-"""The real node (containerd + runc + CNI bridge + kubelet) of the local stack: pods from the product
-image run with the securityContext they ask for, and `down` leaves the host as it found it.
+"""The stack's node (containerd + runc + CNI bridge + kubelet + kube-proxy + CoreDNS): pods from the
+product image run with the securityContext they ask for, reach the API server, Services, each
+other and the stack's services as in a cluster, and `down` leaves the host as it found it.
 
-A stack of its own (PANTAU_DEV_REAL_NODE's DevSettings.real_node), started once for the module;
-the last test stops it and checks the host. Needs root, the node's binaries (`make tools`) and the
-product image (`make images`, run here when images.json is missing).
+On the session's stack; the last test stops it, checks the host, and starts it again. Needs root,
+the node's binaries (`make tools`) and the product image (`make images`).
 """
 
 from __future__ import annotations
@@ -14,18 +14,17 @@ import os
 import subprocess
 import textwrap
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 
-from pantau_dev.node import REAL_NODE_TAINT, SYSCTLS, RealNode, kubepods_dirs, mounts_under, sysctl_get
+from pantau_dev.images import PRODUCT, built_image
+from pantau_dev.node import SYSCTLS, RealNode, kubepods_dirs, mounts_under, sysctl_get
 from pantau_dev.procs import wait_for
-from pantau_dev.settings import REPO_ROOT, DevSettings
-from pantau_dev.stack import DevStack
+from pantau_dev.stack import DevStack, StackInfo
 
 pytestmark = pytest.mark.integration
 
@@ -37,54 +36,20 @@ def host_sysctls() -> dict[str, str | None]:
 
 
 @pytest.fixture(scope="module")
-def baseline_sysctls() -> dict[str, str | None]:
-    """The host before the module's stack starts."""
-    assert os.geteuid() == 0, "the real node needs root (cgroups, mounts, iptables, a bridge)"
-    return host_sysctls()
+def real_stack(dev_stack: DevStack) -> DevStack:
+    assert os.geteuid() == 0, "the node needs root (cgroups, mounts, iptables, a bridge)"
+    assert dev_stack.settings.real_node
+    return dev_stack
 
 
 @pytest.fixture(scope="module")
-def product_image() -> str:
-    settings = DevSettings()
-    index = settings.cache_dir / "images" / "images.json"
-    if not index.is_file():
-        subprocess.run(["make", "images"], cwd=REPO_ROOT, check=True, timeout=1800)
-    product = json.loads(index.read_text())["images"]["product"]
-    assert Path(product["archive"]).is_file(), f"product image archive missing: {product['archive']}"
-    return str(product["ref"])
+def product_image(real_stack: DevStack) -> str:
+    return built_image(real_stack.settings, PRODUCT).ref
 
 
 @pytest.fixture(scope="module")
-def real_stack(
-    tmp_path_factory: pytest.TempPathFactory, baseline_sysctls: dict[str, str | None], product_image: str
-) -> Iterator[DevStack]:
-    settings = DevSettings(
-        state_dir=tmp_path_factory.mktemp("real-node"),
-        real_node=True,
-        with_triton=False,
-        with_jaeger=False,
-        kwok_nodes=0,
-    )
-    stack = DevStack(settings)
-    try:
-        stack.up()
-        yield stack
-    finally:
-        # A no-op for the host after test_down_leaves_the_host_clean; purge drops the node's image
-        # store (the product image unpacked, ~0.5 GB) with the rest of the state.
-        stack.down(purge=True)
-
-
-@pytest.fixture(scope="module")
-def core(real_stack: DevStack) -> Iterator[client.CoreV1Api]:
-    api = config.new_client_from_config(config_file=str(real_stack.kubeconfig))
-    yield client.CoreV1Api(api)
-    api.close()
-
-
-@pytest.fixture(scope="module")
-def kubectl(real_stack: DevStack) -> list[str]:
-    return [str(real_stack.settings.bin_dir("k8s") / "kubectl"), f"--kubeconfig={real_stack.kubeconfig}"]
+def core(api: client.ApiClient) -> client.CoreV1Api:
+    return client.CoreV1Api(api)
 
 
 def pod_spec(
@@ -105,14 +70,12 @@ def pod_spec(
     }
     if memory:
         container["resources"] = {"limits": {"memory": memory}, "requests": {"memory": memory}}
-    toleration = {"key": REAL_NODE_TAINT["key"], "operator": "Exists", "effect": REAL_NODE_TAINT["effect"]}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": f"rn-{uuid.uuid4().hex[:8]}"},
         "spec": {
             "nodeSelector": {"kubernetes.io/hostname": node},
-            "tolerations": [toleration],
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": 1,
             "automountServiceAccountToken": False,
@@ -249,6 +212,89 @@ def test_pod_network_is_the_bridge_subnet_only(
     assert all(r.split()[2] != "00000000" for r in routes), f"a default route in the pod: {routes}"
 
 
+NETWORK_SCRIPT = textwrap.dedent(
+    """
+    import os, socket, ssl, urllib.error, urllib.request
+    def get(url, **kw):
+        try:
+            with urllib.request.urlopen(url, timeout=10, **kw) as r:
+                return r.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except OSError as exc:
+            return repr(exc)
+    print("dns kubernetes", socket.gethostbyname("kubernetes.default.svc.cluster.local"))
+    print("dns web", socket.gethostbyname(os.environ["WEB"]))  # through the namespace's search path
+    sa = "/var/run/secrets/kubernetes.io/serviceaccount"
+    token = open(sa + "/token").read()
+    ctx = ssl.create_default_context(cafile=sa + "/ca.crt")
+    bearer = {"Authorization": "Bearer " + token}
+    api = urllib.request.Request("https://kubernetes.default.svc/version", headers=bearer)
+    print("api", get(api, context=ctx))
+    print("service", get("http://" + os.environ["WEB"] + ":8080/"))
+    print("triton", get(os.environ["TRITON"]))
+    print("jaeger", get(os.environ["JAEGER"]))
+    """
+)
+
+
+def test_pods_reach_the_api_server_services_each_other_and_the_stack(
+    real_stack: DevStack,
+    stack_info: StackInfo,
+    core: client.CoreV1Api,
+    kubectl: list[str],
+    product_image: str,
+) -> None:
+    """Cluster DNS (CoreDNS behind the kube-dns Service), kube-proxy's Service rules, the API server
+    through the `kubernetes` Service with the pod's ServiceAccount token, another pod by its
+    Service's name, and Triton and Jaeger on the node's address."""
+    web = f"web-{uuid.uuid4().hex[:6]}"
+    server = pod_spec(
+        real_stack.node.name, product_image, ["python", "-m", "http.server", "8080", "--directory", "/"]
+    )
+    server["metadata"] = {"name": web, "labels": {"app": web}}
+    server["spec"]["containers"][0]["readinessProbe"] = {"tcpSocket": {"port": 8080}, "periodSeconds": 1}
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": web},
+        "spec": {"selector": {"app": web}, "ports": [{"port": 8080, "targetPort": 8080}]},
+    }
+    core.create_namespaced_service(NAMESPACE, service)
+    create(core, server)
+    probe = pod_spec(real_stack.node.name, product_image, ["python", "-c", NETWORK_SCRIPT])
+    probe["spec"]["automountServiceAccountToken"] = True
+    probe["spec"]["containers"][0]["env"] = [
+        {"name": "WEB", "value": web},
+        {"name": "TRITON", "value": f"{stack_info.triton_http}/v2/health/ready"},
+        {"name": "JAEGER", "value": f"{stack_info.jaeger_query}/api/services"},
+    ]
+    try:
+        wait_for(
+            lambda: any(
+                c.type == "Ready" and c.status == "True"
+                for c in core.read_namespaced_pod(web, NAMESPACE).status.conditions or []
+            ),
+            timeout=120,
+            what=f"pod {web} Ready",
+        )
+        name = create(core, probe)
+        done = wait_phase(core, name, {"Succeeded", "Failed"})
+        logs = run_kubectl(kubectl, "logs", "-n", NAMESPACE, name).splitlines()
+        assert done.status.phase == "Succeeded", logs
+        service_ip = core.read_namespaced_service(web, NAMESPACE).spec.cluster_ip
+        kubernetes_ip = str(real_stack.settings.service_subnet[1])
+        assert f"dns kubernetes {kubernetes_ip}" in logs
+        assert f"dns web {service_ip}" in logs
+        assert ipaddress.IPv4Address(service_ip) in real_stack.settings.service_subnet
+        assert "api 200" in logs
+        assert "service 200" in logs
+        assert "triton 200" in logs
+        assert "jaeger 200" in logs
+    finally:
+        core.delete_namespaced_service(web, NAMESPACE)
+
+
 def stack_processes(stack: DevStack, node: RealNode) -> list[str]:
     """Processes of this stack's node still alive: by PID record, or naming its dirs or socket."""
     found = [r.name for r in stack.procs.records() if r.alive()]
@@ -268,9 +314,11 @@ def iptables_chains() -> list[str]:
     return found
 
 
-def test_down_leaves_the_host_clean(real_stack: DevStack, baseline_sysctls: dict[str, str | None]) -> None:
-    """Runs last in the module: stops the stack and compares the host with the baseline."""
+def test_down_leaves_the_host_clean_and_up_starts_again(real_stack: DevStack) -> None:
+    """Runs last in the module: stops the session's stack, compares the host with the node's
+    baseline (taken before its first change), then starts the stack again for later modules."""
     node = real_stack.node
+    baseline = json.loads(node.baseline_file.read_text())["sysctls"]
     real_stack.down()
     assert not kubepods_dirs(), "kubepods cgroups left"
     assert not list(Path("/sys/fs/cgroup").glob("*/kubepods*")), "kubepods cgroups left"
@@ -279,7 +327,9 @@ def test_down_leaves_the_host_clean(real_stack: DevStack, baseline_sysctls: dict
     assert mounts_under([real_stack.state, node.run_dir]) == []
     assert not node.run_dir.exists()
     assert stack_processes(real_stack, node) == []
-    assert host_sysctls() == baseline_sysctls
+    assert {k: v for k, v in host_sysctls().items() if k in baseline} == baseline
     assert not node.active()
     real_stack.down()  # idempotent
     assert not node.active()
+    real_stack.up()
+    assert node.active()

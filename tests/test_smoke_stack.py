@@ -22,7 +22,7 @@ from tritonclient import grpc as triton_grpc
 
 from pantau_dev.procs import wait_for
 from pantau_dev.settings import DevSettings
-from pantau_dev.stack import DevStack, StackInfo
+from pantau_dev.stack import KWOK_TAINT, DevStack, StackInfo
 
 pytestmark = pytest.mark.smoke
 
@@ -82,6 +82,9 @@ def test_status_json_has_the_documented_keys(dev_stack: DevStack) -> None:
         "jaeger_query",
         "log_dir",
         "state_dir",
+        "node",
+        "host_ip",
+        "pod_subnet",
     ):
         assert info[key], key
     components = {n: alive for n, alive in info["processes"].items() if not n.startswith("pod-")}
@@ -91,14 +94,18 @@ def test_status_json_has_the_documented_keys(dev_stack: DevStack) -> None:
         "kube-controller-manager",
         "kube-scheduler",
         "kwok",
-        "node-agent",
+        "containerd",
+        "kubelet",
+        "kube-proxy",
+        "coredns",
         "triton",
         "jaeger",
     }
     assert all(components.values()), components
-    # Every listener of the stack is on loopback.
+    # Every listener of the stack is on the node's bridge address, which only this machine has.
+    assert info["host_ip"] == str(next(DevSettings().real_node_subnet.hosts()))
     for key in ("triton_grpc", "triton_http", "jaeger_otlp_grpc", "jaeger_query", "api_server"):
-        assert "127.0.0.1:" in info[key]
+        assert f"{info['host_ip']}:" in info[key]
 
 
 def test_crd_established_and_invalid_object_rejected(kubectl: list[str]) -> None:
@@ -141,6 +148,7 @@ def test_deployment_runs_on_kwok_nodes(api: client.ApiClient, namespace: str, st
                     "metadata": {"labels": labels},
                     "spec": {
                         "nodeSelector": {"type": "kwok"},
+                        "tolerations": [{"key": KWOK_TAINT["key"], "operator": "Exists"}],
                         "containers": [{"name": "c", "image": "registry.invalid/fake:1"}],
                     },
                 },
@@ -266,16 +274,19 @@ def test_up_is_idempotent(dev_stack: DevStack) -> None:
 
 
 def test_down_stops_every_process(tmp_path: Path) -> None:
-    """A second, small stack: after `down` no process it started (or their children) is left."""
+    """A second, small stack (no node: one per machine; test_real_node checks that one's `down`):
+    after `down` no process it started (or their children) is left."""
     stack = DevStack(
-        DevSettings(state_dir=tmp_path / "s", with_triton=False, with_jaeger=False, kwok_nodes=1)
+        DevSettings(
+            state_dir=tmp_path / "s", with_triton=False, with_jaeger=False, kwok_nodes=1, real_node=False
+        )
     )
     try:
         stack.up()
         procs = [r.process() for r in stack.procs.records()]
         family = [p for p in procs if p is not None]
         family += [c for p in family for c in p.children(recursive=True)]
-        assert len(family) >= 6
+        assert len(family) >= 5  # etcd, API server, controller-manager, scheduler, kwok
     finally:
         stack.down()
     _, alive = psutil.wait_procs(family, timeout=5)

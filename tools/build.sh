@@ -6,9 +6,8 @@
 # the same cache (outside the repo). Pins are the go.mod/go.sum files beside this script.
 #
 # usage: tools/build.sh [component...]
-#   default: k8s etcd kwok jaeger helm runc containerd cni crictl (what the stack uses; the last
-#            four for its optional real node, PANTAU_DEV_REAL_NODE)
-#   also:    coredns (`make node-tools`, not built by default)
+#   default: k8s etcd kwok jaeger helm runc containerd cni crictl coredns (what the stack uses;
+#            the last five for its node: runtime, pod network, cluster DNS)
 # prints the bin directory of each component as it finishes: "ready <component> <dir>".
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -113,7 +112,7 @@ k8s_ldflags() {
 }
 
 components=("$@")
-[[ ${#components[@]} -gt 0 ]] || components=(k8s etcd kwok jaeger helm runc containerd cni crictl)
+[[ ${#components[@]} -gt 0 ]] || components=(k8s etcd kwok jaeger helm runc containerd cni crictl coredns)
 for c in "${components[@]}"; do
   case $c in
     k8s) build k8s "$K8S_VERSION" k8s "$(k8s_ldflags)" \
@@ -130,7 +129,7 @@ for c in "${components[@]}"; do
     helm) build helm "$HELM_VERSION" helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
            helm=helm.sh/helm/v3/cmd/helm ;;
     jaeger) build jaeger "$JAEGER_VERSION" jaeger "" jaeger=github.com/jaegertracing/jaeger/cmd/jaeger ;;
-    # A real node (PANTAU_DEV_REAL_NODE; coredns is not in the default list). runc needs cgo for
+    # The node. runc needs cgo for
     # seccomp (Debian libseccomp-dev + pkg-config); its Makefile's third tag, libpathrs, needs a
     # Rust library Debian 12 lacks, so runc uses its pure-Go path code.
     runc) build --cgo --tags seccomp,urfave_cli_no_docs runc "$RUNC_VERSION" runc "" \

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Literal, Self
 from urllib.parse import quote
@@ -19,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pantau_dev.net import port_open
 from pantau_dev.procs import ManagedProcess, ProcessRecord, ProcessTable, StackError, wait_for
 
+# The default address of a test camera; pods reach the stack's node address instead
+# (`StackInfo.host_ip`), which callers pass as `host`.
 HOST = "127.0.0.1"
 ASSETS = Path(__file__).resolve().parent / "assets"
 RTSP_SERVER_SCRIPT = ASSETS / "rtsp_server.py"
@@ -80,6 +83,7 @@ class RtspMount(_Feed):
 class RtspServerConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    host: IPv4Address = IPv4Address(HOST)
     port: int = Field(ge=1, le=65535)
     mounts: tuple[RtspMount, ...] = Field(min_length=1)
 
@@ -91,12 +95,17 @@ class RtspServerConfig(BaseModel):
         return self
 
     def server_json(self) -> dict[str, Any]:
-        return {"port": self.port, "mounts": [m._server_fields() for m in self.mounts]}
+        return {
+            "host": str(self.host),
+            "port": self.port,
+            "mounts": [m._server_fields() for m in self.mounts],
+        }
 
 
 class HttpCameraConfig(_Feed):
     """What `python -m pantau_dev.httpcamera --config` reads."""
 
+    host: IPv4Address = IPv4Address(HOST)
     port: int = Field(ge=1, le=65535)
     fps: int = Field(default=5, ge=1, le=60)
 
@@ -135,9 +144,10 @@ def _said_ready(log: Path, offset: int) -> bool:
 class _ServerProcess(ManagedProcess):
     """Start/stop plumbing common to both camera servers."""
 
-    def __init__(self, table: ProcessTable, name: str, port: int, startup_timeout: float) -> None:
+    def __init__(self, table: ProcessTable, name: str, host: str, port: int, startup_timeout: float) -> None:
         self.table = table
         self.name = name
+        self.host = host
         self.port = port
         self.startup_timeout = startup_timeout
 
@@ -159,16 +169,16 @@ class _ServerProcess(ManagedProcess):
         offset = _log_size(self.table.log_dir / f"{self.name}.log")
         record = self.table.spawn(self.name, self._argv(), env=self._env())
         wait_for(
-            lambda: _said_ready(Path(record.log), offset) and port_open(HOST, self.port),
+            lambda: _said_ready(Path(record.log), offset) and port_open(self.host, self.port),
             timeout=self.startup_timeout,
-            what=f"camera {self.name} on {HOST}:{self.port}",
+            what=f"camera {self.name} on {self.host}:{self.port}",
             record=record,
         )
         return record
 
 
 class RtspCameraServer(_ServerProcess):
-    """The GStreamer RTSP server (`assets/rtsp_server.py`) serving `mounts` on 127.0.0.1:`port`."""
+    """The GStreamer RTSP server (`assets/rtsp_server.py`) serving `mounts` on `host`:`port`."""
 
     def __init__(
         self,
@@ -178,11 +188,12 @@ class RtspCameraServer(_ServerProcess):
         mounts: Sequence[RtspMount],
         work_dir: Path,
         *,
+        host: str = HOST,
         python: str = SYSTEM_PYTHON,
         startup_timeout: float = 30.0,
     ) -> None:
-        super().__init__(table, name, port, startup_timeout)
-        self.config = RtspServerConfig(port=port, mounts=tuple(mounts))
+        super().__init__(table, name, host, port, startup_timeout)
+        self.config = RtspServerConfig(host=IPv4Address(host), port=port, mounts=tuple(mounts))
         self.config_path = work_dir / f"{name}.json"
         self.python = python
 
@@ -207,17 +218,17 @@ class RtspCameraServer(_ServerProcess):
         raise KeyError(f"camera {self.name} has no mount {path}")
 
     def url(self, path: str, with_credentials: bool = False) -> str:
-        """`rtsp://127.0.0.1:PORT/path`; with the mount's user:password when asked (tests)."""
+        """`rtsp://HOST:PORT/path`; with the mount's user:password when asked (tests)."""
         mount = self.mount(path)
         creds = mount.credentials()
         userinfo = ""
         if with_credentials and creds is not None:
             userinfo = f"{quote(creds[0], safe='')}:{quote(creds[1], safe='')}@"
-        return f"rtsp://{userinfo}{HOST}:{self.port}{mount.path}"
+        return f"rtsp://{userinfo}{self.host}:{self.port}{mount.path}"
 
 
 class HttpCameraServer(_ServerProcess):
-    """`python -m pantau_dev.httpcamera`: MJPEG stream and snapshots over HTTP on 127.0.0.1."""
+    """`python -m pantau_dev.httpcamera`: MJPEG stream and snapshots over HTTP on `config.host`."""
 
     def __init__(
         self,
@@ -228,7 +239,7 @@ class HttpCameraServer(_ServerProcess):
         *,
         startup_timeout: float = 20.0,
     ) -> None:
-        super().__init__(table, name, config.port, startup_timeout)
+        super().__init__(table, name, str(config.host), config.port, startup_timeout)
         self.config = config
         self.config_path = work_dir / f"{name}.json"
 
@@ -242,7 +253,7 @@ class HttpCameraServer(_ServerProcess):
 
     @property
     def base_url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def mjpeg_url(self) -> str:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pantau_dev.images import PRODUCT, built_image
+from pantau_dev.procs import StackError
 from pantau_dev.settings import REPO_ROOT, DevSettings
 from pantau_dev.stack import DevStack, StackInfo
 
@@ -86,21 +88,19 @@ OPERATOR_NAMESPACE = "pantau-system"
 RELEASE = "pantau"
 
 
-def local_values(info: StackInfo, **overrides: Any) -> dict[str, Any]:
-    """Values that fit the local stack: its Triton and Jaeger, pods on loopback addresses, short
-    passes. The image names nothing real: the node agent runs the pods' commands from the project's
-    environment (docs/local-node-agent.md)."""
+def local_values(info: StackInfo, settings: DevSettings, **overrides: Any) -> dict[str, Any]:
+    """Values that fit the local stack: the images `make images` built (imported into the node's
+    containerd, so never pulled), the stack's Triton and Jaeger on the node's address, status pulled
+    from the pod network, short passes."""
+    if info.node is None or info.pod_subnet is None:
+        raise StackError("the chart needs the stack's node (PANTAU_DEV_REAL_NODE=1)")
+    image = built_image(settings, PRODUCT)
     values: dict[str, Any] = {
-        "image": {"repository": "localhost/pantau", "tag": "dev", "pullPolicy": "IfNotPresent"},
+        "image": {"repository": image.repository, "tag": image.tag, "pullPolicy": "Never"},
         "triton": {"enabled": False, "address": info.triton_grpc or ""},
-        # On the node that runs pods (kwok's fake nodes run nothing).
-        "operator": {
-            "statusNetworks": ["127.0.0.0/8"],
-            "resyncInterval": 2,
-            "nodeSelector": {"kubernetes.io/hostname": info.local_node},
-        },
+        "operator": {"statusNetworks": [info.pod_subnet], "resyncInterval": 2},
         "otel": {"endpoint": info.jaeger_otlp_grpc or ""},
-        "tests": {"enabled": False},
+        "tests": {"enabled": True},
     }
     for key, value in overrides.items():
         values[key] = {**values.get(key, {}), **value} if isinstance(value, dict) else value
@@ -181,7 +181,13 @@ def lint_on_throwaway_stack(settings: DevSettings) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="pantau-lint-") as state:
         stack = DevStack(
             settings.model_copy(
-                update={"state_dir": Path(state), "with_triton": False, "with_jaeger": False, "kwok_nodes": 0}
+                update={
+                    "state_dir": Path(state),
+                    "with_triton": False,
+                    "with_jaeger": False,
+                    "kwok_nodes": 0,
+                    "real_node": False,
+                }
             )
         )
         try:

@@ -16,7 +16,7 @@ from pantau_dev.stack import DevStack, StackInfo
 
 dev_app = typer.Typer(
     add_completion=False,
-    help="The local stack: control plane, kwok, node agent, Triton, Jaeger.",
+    help="The local stack: control plane, a node (containerd, kubelet), kwok, Triton, Jaeger.",
     no_args_is_help=True,
 )
 console = Console(stderr=True)

@@ -1,8 +1,9 @@
 """HTTP test camera: an MJPEG stream and JPEG snapshots of looping footage (or a synthetic pattern).
 
 Run as `python -m pantau_dev.httpcamera --config CONFIG.json` (see `cameras.HttpCameraConfig`).
-Endpoints, all on 127.0.0.1: `GET /mjpeg` (multipart/x-mixed-replace), `GET /snapshot.jpg`, and
-`GET /healthz` (never behind auth, so readiness probes need no credentials).
+Endpoints, all on the configured host (127.0.0.1 by default): `GET /mjpeg`
+(multipart/x-mixed-replace), `GET /snapshot.jpg`, and `GET /healthz` (never behind auth, so
+readiness probes need no credentials).
 
 One background thread decodes and JPEG-encodes at the configured frame rate and publishes the latest
 frame; every client only waits for the next published frame, so N clients cost one decoder.
@@ -27,7 +28,7 @@ import av
 import numpy as np
 from av.codec.context import CodecContext
 
-from pantau_dev.cameras import HOST, HttpCameraConfig
+from pantau_dev.cameras import HttpCameraConfig
 
 BOUNDARY = "pantauframe"
 
@@ -156,7 +157,7 @@ class CameraServer(ThreadingHTTPServer):
         self.expected_auth = (
             "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode() if creds else None
         )
-        super().__init__((HOST, config.port), Handler)
+        super().__init__((str(config.host), config.port), Handler)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -277,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
         serving.start()
         secured = "yes" if config.secured else "no"
-        print(f"serving {config.source} on http://{HOST}:{config.port} auth={secured}")
+        print(f"serving {config.source} on http://{config.host}:{config.port} auth={secured}")
         print("ready", flush=True)
         while True:
             signal.pause()

@@ -1,12 +1,14 @@
-"""A real node for the local stack: containerd + runc + CNI bridge + kubelet (docs/local-node.md).
+"""The local stack's node: containerd + runc + CNI bridge + kubelet, with kube-proxy and CoreDNS
+(docs/local-node.md). Needs root.
 
-Optional (`PANTAU_DEV_REAL_NODE=1`, needs root). `RealNode.start_runtime()` records a baseline of
-what the node changes on the host (`<state>/node/baseline.json`: sysctls, which system paths
-existed), creates the pod network's bridge, writes the CNI and containerd configs, starts
-containerd and imports the images; `start_kubelet()` starts the kubelet. Both run through the
-stack's ProcessTable. `stop()` undoes all of it in the order the smoke run found necessary; it only
-acts when the baseline file exists (a stack that never ran the node changes nothing on `down`), and
-removes that file last, so an interrupted `down` is finished by the next one.
+`RealNode.prepare()` records a baseline of what the node changes on the host
+(`<state>/node/baseline.json`: sysctls, which system paths existed) and creates the pod network's
+bridge, whose address the API server, Triton and Jaeger then listen on; `start_runtime()` writes
+the containerd config, starts containerd and imports the images; `start_kubelet()` and
+`start_services()` (kube-proxy, CoreDNS and its `kube-dns` Service) need the API server. All run
+through the stack's ProcessTable. `stop()` undoes all of it in the order the smoke run found
+necessary; it only acts when the baseline file exists (a stack that never ran the node changes
+nothing on `down`), and removes that file last, so an interrupted `down` is finished by the next.
 
 Everything lives under `<state>/node`, except the runtime's sockets and runc's state: a shim's
 socket path (`<dir>/s/<64 hex digits>`) must fit a unix socket address (107 bytes), so they go to
@@ -36,6 +38,7 @@ import httpx
 import psutil
 import yaml
 
+from pantau_dev.images import built_images
 from pantau_dev.net import free_port
 from pantau_dev.pki import Pki
 from pantau_dev.procs import ProcessRecord, ProcessTable, StackError, wait_for, write_json
@@ -43,13 +46,14 @@ from pantau_dev.settings import DevSettings
 
 CONTAINERD = "containerd"
 KUBELET = "kubelet"
+KUBE_PROXY = "kube-proxy"
+COREDNS = "coredns"
+KUBE_PROXY_USER = "system:kube-proxy"  # bound to system:node-proxier by the bootstrap policy
+CLUSTER_DOMAIN = "cluster.local"
 # The API server's identity towards kubelets (logs, exec, port-forward): bound to the built-in
 # ClusterRole system:kubelet-api-admin, the kubelet authorizes it with a SubjectAccessReview.
 APISERVER_KUBELET_CLIENT = "kube-apiserver-kubelet-client"
-# Ordinary pods of the stack keep going to the node agent and kwok: the real node is tainted, and
-# only pods that tolerate the taint and select the node run there.
 REAL_NODE_LABEL = "pantau.io/real-node"
-REAL_NODE_TAINT = {"key": "pantau.io/real-node", "value": "true", "effect": "NoSchedule"}
 CNI_NETWORK = "pantau"
 # What the kubelet (kernel tunables) and the bridge plugin (forwarding) set; restored on stop.
 SYSCTLS = [
@@ -94,6 +98,8 @@ class RealNode:
         subnet = settings.real_node_subnet
         self.subnet = subnet
         self.node_ip = str(next(subnet.hosts()))
+        self.service_subnet = settings.service_subnet
+        self.dns_ip = str(settings.service_subnet[10])
         self.bridge = settings.real_node_bridge
         self.socket = self.run_dir / "containerd.sock"
         self.containerd_root = self.dir / "containerd" / "root"
@@ -111,7 +117,11 @@ class RealNode:
 
     def client_certs(self) -> dict[str, list[str]]:
         """Client certificates the stack's PKI issues for the node: user -> groups."""
-        return {self.node_user: ["system:nodes"], APISERVER_KUBELET_CLIENT: []}
+        return {self.node_user: ["system:nodes"], APISERVER_KUBELET_CLIENT: [], KUBE_PROXY_USER: []}
+
+    def apiserver_ips(self) -> list[str]:
+        """Where the API server is reached: loopback, the node's address, the `kubernetes` Service."""
+        return ["127.0.0.1", self.node_ip, str(self.service_subnet[1])]
 
     def apiserver_flags(self) -> list[str]:
         """Nodes get their rights from the Node authorizer; the API server reaches the kubelet by
@@ -129,6 +139,8 @@ class RealNode:
         cd, cni = s.bin_dir("containerd"), s.bin_dir("cni")
         return [
             s.bin_dir("k8s") / "kubelet",
+            s.bin_dir("k8s") / "kube-proxy",
+            s.bin_dir("coredns") / "coredns",
             cd / "containerd",
             cd / "containerd-shim-runc-v2",
             cd / "ctr",
@@ -140,7 +152,7 @@ class RealNode:
     def check(self) -> None:
         """Fail early, before anything on the host changes."""
         if os.geteuid() != 0:
-            raise StackError("the real node (PANTAU_DEV_REAL_NODE) needs root")
+            raise StackError("the stack's node needs root (PANTAU_DEV_REAL_NODE=0: control plane only)")
         missing = [str(p) for p in self.binaries() if not os.access(p, os.X_OK)]
         missing += [t for t in ("ip", "iptables", "ip6tables", "mount", "umount") if shutil.which(t) is None]
         if not os.access(BUSYBOX, os.X_OK):
@@ -152,36 +164,40 @@ class RealNode:
         apiserver = self.procs.running("kube-apiserver")
         if apiserver is not None and "--authorization-mode=Node,RBAC" not in apiserver.argv:
             raise StackError("the stack runs without the real node: `pantau dev down` first")
-        self._check_subnet()
+        for subnet in (self.subnet, self.service_subnet):
+            self._check_subnet(subnet)
 
-    def _check_subnet(self) -> None:
-        """The pod network must exist only on our bridge: no other interface or route may overlap it."""
+    def _check_subnet(self, subnet: ipaddress.IPv4Network) -> None:
+        """Pod and Service ranges must exist only here: no other interface or route may overlap them."""
         addrs = json.loads(_run(["ip", "-j", "addr", "show"]).stdout)
         for link in addrs:
             for a in link.get("addr_info", []):
                 if a.get("family") != "inet" or link["ifname"] == self.bridge:
                     continue
                 net = ipaddress.ip_interface(f"{a['local']}/{a['prefixlen']}").network
-                if net.overlaps(self.subnet):
-                    raise StackError(f"real node: {self.subnet} overlaps {net} on {link['ifname']}")
+                if net.overlaps(subnet):
+                    raise StackError(f"real node: {subnet} overlaps {net} on {link['ifname']}")
         for r in json.loads(_run(["ip", "-j", "route", "show", "table", "all"]).stdout):
             dst, dev = r.get("dst", ""), r.get("dev", "")
             if dst in ("", "default") or dev == self.bridge or r.get("type") in ("local", "broadcast"):
                 continue
             with contextlib.suppress(ValueError):
-                if ipaddress.ip_network(dst, strict=False).overlaps(self.subnet):
-                    raise StackError(f"real node: {self.subnet} overlaps route {dst} via {dev}")
+                if ipaddress.ip_network(dst, strict=False).overlaps(subnet):
+                    raise StackError(f"real node: {subnet} overlaps route {dst} via {dev}")
 
     # ----- start -----
 
-    def start_runtime(self) -> ProcessRecord:
-        """Baseline, bridge, CNI and containerd configs, containerd, images (API server not needed)."""
+    def prepare(self) -> None:
+        """Baseline, bridge and CNI config: first, as the stack's services listen on the bridge."""
         self.check()
         self._save_baseline()
         for d in (self.dir, self.run_dir, self.cni_conf_dir, self.pod_logs, self.kubelet_root):
             d.mkdir(parents=True, exist_ok=True)
         self._ensure_bridge()
         self._write_cni_config()
+
+    def start_runtime(self) -> ProcessRecord:
+        """containerd and its images (the API server not needed); after `prepare()`."""
         pause = self._pause_image()
         config = self._write_containerd_config(pause[0])
         rec = self.procs.running(CONTAINERD)
@@ -202,18 +218,20 @@ class RealNode:
             record=rec,
         )
         present = set(self._ctr("images", "ls", "-q").stdout.split())
-        for ref, archive in [pause, *self._product_images()]:
+        for ref, archive in [pause, *((i.ref, i.archive) for i in built_images(self.settings).values())]:
             if ref not in present:
                 self._ctr("images", "import", "--base-name", ref.rsplit(":", 1)[0], str(archive), timeout=600)
         return rec
 
     def start_kubelet(self, api_port: int) -> ProcessRecord:
         """RBAC for the API server's kubelet client, the node's credentials, the kubelet."""
-        self._api_apply_binding(api_port)
+        self._api_create(
+            api_port, "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", _kubelet_api_binding()
+        )
         self.pki.issue_serving(
             "kubelet-serving", self.node_user, ["system:nodes"], [self.name], [self.node_ip]
         )
-        kubeconfig = self._write_kubeconfig(api_port)
+        kubeconfig = self._write_kubeconfig("kubelet", self.node_user, api_port)
         config = self._write_kubelet_config()
         rec = self.procs.running(KUBELET)
         if rec is None:
@@ -233,6 +251,87 @@ class RealNode:
                 cwd=self.dir,
             )
         return rec
+
+    def start_services(self, api_port: int) -> tuple[ProcessRecord, ProcessRecord]:
+        """kube-proxy (iptables mode) and CoreDNS on the node's address behind the `kube-dns`
+        Service; each is ready when `services_ready()` says so."""
+        ports = self._node_ports()
+        proxy = self.procs.running(KUBE_PROXY) or self.procs.spawn(
+            KUBE_PROXY,
+            [
+                str(self.settings.bin_dir("k8s") / "kube-proxy"),
+                f"--config={self._write_proxy_config(api_port, ports)}",
+                f"--hostname-override={self.name}",
+                "--v=0",
+            ],
+            cwd=self.dir,
+        )
+        dns = self.procs.running(COREDNS) or self.procs.spawn(
+            COREDNS,
+            [
+                str(self.settings.bin_dir("coredns") / "coredns"),
+                f"-conf={self._write_corefile(api_port, ports)}",
+                "-dns.port=53",
+            ],
+            cwd=self.dir,
+        )
+        for path, obj in _kube_dns(self.dns_ip, self.node_ip):
+            self._api_create(api_port, path, obj)
+        return proxy, dns
+
+    def proxy_ready(self) -> bool:
+        return _http_ok(f"http://127.0.0.1:{self._node_ports()['proxy_healthz']}/healthz")
+
+    def dns_ready(self) -> bool:
+        return _http_ok(f"http://127.0.0.1:{self._node_ports()['dns_ready']}/ready")
+
+    def _write_proxy_config(self, api_port: int, ports: dict[str, int]) -> Path:
+        config = {
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+            "kind": "KubeProxyConfiguration",
+            "clientConnection": {
+                "kubeconfig": str(self._write_kubeconfig("kube-proxy", KUBE_PROXY_USER, api_port))
+            },
+            "hostnameOverride": self.name,
+            "bindAddress": self.node_ip,
+            "healthzBindAddress": f"127.0.0.1:{ports['proxy_healthz']}",
+            "metricsBindAddress": f"127.0.0.1:{ports['proxy_metrics']}",
+            "mode": "iptables",
+            "clusterCIDR": str(self.subnet),
+            "nodePortAddresses": [f"{self.node_ip}/32"],
+            "oomScoreAdj": 0,
+            # Pods' replies to a Service on the same bridge would skip the host's conntrack (no
+            # br_netfilter here): masquerading all Service traffic brings them back through it.
+            "iptables": {"masqueradeAll": True, "localhostNodePorts": False, "minSyncPeriod": "1s"},
+            # Zeros: kube-proxy leaves the host's conntrack sysctls alone.
+            "conntrack": {
+                "maxPerCore": 0,
+                "min": 0,
+                "tcpEstablishedTimeout": "0s",
+                "tcpCloseWaitTimeout": "0s",
+            },
+        }
+        path = self.dir / "kube-proxy.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
+    def _write_corefile(self, api_port: int, ports: dict[str, int]) -> Path:
+        """Only the cluster's names: nothing outside this machine is asked."""
+        kubeconfig = self._write_kubeconfig("coredns", self.admin_user, api_port)
+        text = f"""{CLUSTER_DOMAIN}:53 {{
+    bind {self.node_ip}
+    errors
+    ready 127.0.0.1:{ports["dns_ready"]}
+    kubernetes {CLUSTER_DOMAIN} {{
+        kubeconfig {kubeconfig} node
+        pods insecure
+    }}
+    cache 5
+}}
+"""
+        path = self.dir / "Corefile"
+        path.write_text(text)
+        return path
 
     def _save_baseline(self) -> None:
         """Written once, before the first change: a later start keeps the original baseline."""
@@ -275,8 +374,10 @@ class RealNode:
                     "hairpinMode": True,
                     "ipam": {
                         "type": "host-local",
-                        # no "routes": pods reach the bridge's /24 only, no default route
+                        # no default route: pods reach the bridge's subnet and, through the
+                        # node (kube-proxy's rules), the Service range; nothing else
                         "ranges": [[{"subnet": str(self.subnet), "gateway": self.node_ip}]],
+                        "routes": [{"dst": str(self.service_subnet)}],
                         "dataDir": str(self.cni_ipam),
                     },
                 },
@@ -338,7 +439,7 @@ imports = []
         path.write_text(text)
         return path
 
-    def _write_kubeconfig(self, api_port: int) -> Path:
+    def _write_kubeconfig(self, file: str, user: str, api_port: int) -> Path:
         config = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -346,7 +447,7 @@ imports = []
                 {
                     "name": "pantau-dev",
                     "cluster": {
-                        "server": f"https://127.0.0.1:{api_port}",
+                        "server": f"https://{self.node_ip}:{api_port}",
                         "certificate-authority": str(self.pki.ca_cert),
                     },
                 }
@@ -355,15 +456,15 @@ imports = []
                 {
                     "name": "node",
                     "user": {
-                        "client-certificate": str(self.pki.cert(self.node_user)),
-                        "client-key": str(self.pki.key(self.node_user)),
+                        "client-certificate": str(self.pki.cert(user)),
+                        "client-key": str(self.pki.key(user)),
                     },
                 }
             ],
             "contexts": [{"name": "node", "context": {"cluster": "pantau-dev", "user": "node"}}],
             "current-context": "node",
         }
-        path = self.dir / "kubelet.kubeconfig"
+        path = self.dir / f"{file}.kubeconfig"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         path.chmod(0o600)
         return path
@@ -373,7 +474,13 @@ imports = []
         if path.exists():
             ports: dict[str, int] = json.loads(path.read_text())
             return ports
-        ports = {"kubelet": free_port(self.node_ip), "healthz": free_port()}
+        ports = {
+            "kubelet": free_port(self.node_ip),
+            "healthz": free_port(),
+            "proxy_healthz": free_port(),
+            "proxy_metrics": free_port(),
+            "dns_ready": free_port(),
+        }
         write_json(path, ports)
         return ports
 
@@ -399,7 +506,8 @@ imports = []
             },
             "authorization": {"mode": "Webhook"},
             "registerNode": True,
-            "registerWithTaints": [REAL_NODE_TAINT],
+            "clusterDNS": [self.dns_ip],
+            "clusterDomain": CLUSTER_DOMAIN,
             "failCgroupV1": False,
             "cgroupDriver": "cgroupfs",
             "cgroupsPerQOS": True,
@@ -428,16 +536,6 @@ imports = []
 
     # ----- images -----
 
-    def _product_images(self) -> list[tuple[str, Path]]:
-        """The product image from `make images` (images.json), when it was built."""
-        index = self.settings.cache_dir / "images" / "images.json"
-        try:
-            product = json.loads(index.read_text())["images"]["product"]
-        except (OSError, ValueError, KeyError):
-            return []
-        archive = Path(product["archive"])
-        return [(str(product["ref"]), archive)] if archive.is_file() else []
-
     def _pause_image(self) -> tuple[str, Path]:
         """The sandbox image: one static busybox running `sleep infinity`, as an OCI archive made
         here (nothing can be pulled), cached by the binary's hash."""
@@ -465,26 +563,24 @@ imports = []
         ctx.load_cert_chain(str(self.pki.cert(self.admin_user)), str(self.pki.key(self.admin_user)))
         return ctx
 
-    def _api_apply_binding(self, api_port: int) -> None:
-        name = "pantau-dev:apiserver-kubelet-client"
-        binding = {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": name},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": "system:kubelet-api-admin",
-            },
-            "subjects": [
-                {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": APISERVER_KUBELET_CLIENT}
-            ],
-        }
-        url = f"https://127.0.0.1:{api_port}/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"
+    def _api_create(self, api_port: int, path: str, obj: dict[str, Any]) -> None:
+        """POST `obj` to the collection at `path`; one that exists already is kept (asked first: a
+        Service's fixed ClusterIP makes a second POST fail validation before the name conflict)."""
         with httpx.Client(verify=self._ssl(), timeout=10) as client:
-            resp = client.post(url, json=binding)
+            url = f"https://{self.node_ip}:{api_port}{path}"
+            if client.get(f"{url}/{obj['metadata']['name']}").status_code == 200:
+                return
+            resp = client.post(url, json=obj)
             if resp.status_code not in (201, 409):
-                raise StackError(f"creating {name}: {resp.status_code} {resp.text}")
+                raise StackError(f"creating {obj['metadata']['name']}: {resp.status_code} {resp.text}")
+
+    def container_pid(self, container_id: str) -> int:
+        """The host PID of a container's first process (`containerd://<id>` from a pod's status)."""
+        crictl = self.settings.bin_dir("crictl") / "crictl"
+        out = _run(
+            [str(crictl), f"--runtime-endpoint=unix://{self.socket}", "inspect", container_id.split("//")[-1]]
+        ).stdout
+        return int(json.loads(out)["info"]["pid"])
 
     # ----- stop -----
 
@@ -496,7 +592,7 @@ imports = []
         """Undo everything start did (docs/local-node.md, "What the stack must clean up").
         Idempotent; does nothing when the node never started."""
         if not self.active():
-            for name in (KUBELET, CONTAINERD):  # only PID records, nothing on the host
+            for name in (KUBELET, KUBE_PROXY, COREDNS, CONTAINERD):  # only PID records, nothing on the host
                 self.procs.stop(name)
             return
         baseline = json.loads(self.baseline_file.read_text())
@@ -513,6 +609,9 @@ imports = []
             if client is not None:
                 with contextlib.suppress(httpx.HTTPError):
                     client.delete(f"/api/v1/nodes/{self.name}")
+            # kube-proxy before its chains go (it would write them again); CoreDNS with it
+            self.procs.stop(KUBE_PROXY, grace=10)
+            self.procs.stop(COREDNS, grace=10)
         finally:
             if client is not None:
                 client.close()
@@ -555,7 +654,7 @@ imports = []
     def _api_client(self, api_port: int | None) -> httpx.Client | None:
         if api_port is None or not self.pki.cert(self.admin_user).exists():
             return None
-        client = httpx.Client(base_url=f"https://127.0.0.1:{api_port}", verify=self._ssl(), timeout=5)
+        client = httpx.Client(base_url=f"https://{self.node_ip}:{api_port}", verify=self._ssl(), timeout=5)
         try:
             if client.get("/readyz").status_code == 200:
                 return client
@@ -618,6 +717,63 @@ imports = []
             if not existed.get(str(d), True):
                 with contextlib.suppress(OSError):
                     d.rmdir()  # only when empty
+
+
+def _kubelet_api_binding() -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "pantau-dev:apiserver-kubelet-client"},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "system:kubelet-api-admin",
+        },
+        "subjects": [
+            {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": APISERVER_KUBELET_CLIENT}
+        ],
+    }
+
+
+def _kube_dns(service_ip: str, node_ip: str) -> list[tuple[str, dict[str, Any]]]:
+    """The cluster DNS Service (the kubelet's clusterDNS) and, as CoreDNS runs on the node rather
+    than in a pod, an EndpointSlice of ours pointing at the node's address."""
+    ports = [
+        {"name": "dns", "port": 53, "protocol": "UDP"},
+        {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+    ]
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}},
+        "spec": {"clusterIP": service_ip, "ports": [{**p, "targetPort": 53} for p in ports]},
+    }
+    slice_ = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": "kube-dns-node",
+            "namespace": "kube-system",
+            "labels": {
+                "kubernetes.io/service-name": "kube-dns",
+                "endpointslice.kubernetes.io/managed-by": "dev.pantau.io",
+            },
+        },
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [node_ip], "conditions": {"ready": True}}],
+        "ports": ports,
+    }
+    return [
+        ("/api/v1/namespaces/kube-system/services", service),
+        ("/apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices", slice_),
+    ]
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 # ----- host plumbing -----

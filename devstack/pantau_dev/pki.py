@@ -46,8 +46,10 @@ class Pki:
     def key(self, name: str) -> Path:
         return self.dir / f"{name}.key"
 
-    def ensure(self, clients: dict[str, list[str]]) -> None:
-        """Create what is missing: CA, serving cert, SA key, and a client cert per user."""
+    def ensure(self, clients: dict[str, list[str]], apiserver_ips: list[str]) -> None:
+        """Create what is missing: CA, serving cert, SA key, and a client cert per user. The API
+        server's certificate names `apiserver_ips` (loopback, the node's address, the Service IP)
+        and the in-cluster names of the `kubernetes` Service."""
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not self.ca_cert.exists():
             key = ec.generate_private_key(ec.SECP256R1())
@@ -73,15 +75,10 @@ class Pki:
             )
             _write_key(self.ca_key, key)
             self.ca_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        if not self.cert("apiserver").exists():
-            sans: list[x509.GeneralName] = [
-                x509.DNSName("localhost"),
-                x509.DNSName("kubernetes"),
-                x509.DNSName("kubernetes.default.svc"),
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                x509.IPAddress(ipaddress.ip_address("10.96.0.1")),
-            ]
-            self._issue("apiserver", "kube-apiserver", [], ExtendedKeyUsageOID.SERVER_AUTH, sans)
+        if not self._names_ips(self.cert("apiserver"), apiserver_ips):  # absent, or made for other IPs
+            names = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"]
+            names.append("kubernetes.default.svc.cluster.local")
+            self.issue_serving("apiserver", "kube-apiserver", [], names, apiserver_ips)
         for user, groups in clients.items():
             if not self.cert(user).exists():
                 self._issue(user, user, groups, ExtendedKeyUsageOID.CLIENT_AUTH, [])
@@ -93,6 +90,15 @@ class Pki:
                     serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
                 )
             )
+
+    @staticmethod
+    def _names_ips(cert_file: Path, ips: list[str]) -> bool:
+        if not cert_file.exists():
+            return False
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        have = {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+        return set(ips) <= have
 
     def issue_client(self, file: str, common_name: str, groups: list[str]) -> None:
         """A client certificate (CN = user, O = groups), replacing any existing one."""

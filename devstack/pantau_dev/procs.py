@@ -1,6 +1,6 @@
 """Background processes of the local stack, tracked by PID files so `down` can stop them all.
 
-Every process the stack starts (control plane, Triton, cameras, pods run by the node agent) is
+Every process the stack starts (control plane, node, Triton, cameras) is
 spawned through `spawn()`: it gets its own session (so its children die with it), a log file,
 and a record in `<state>/pids/<name>.json` holding the PID and the process start time. The start
 time guards against PID reuse: a record whose PID now belongs to another process is treated as
@@ -64,7 +64,7 @@ class ProcessRecord(BaseModel):
 
 
 class ProcessTable:
-    """The PID files of one stack (or of the node agent's pods) in one directory."""
+    """The PID files of one stack (or of a test's cameras) in one directory."""
 
     def __init__(self, pid_dir: Path, log_dir: Path) -> None:
         self.pid_dir = pid_dir

@@ -7,7 +7,7 @@ import sys
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The source checkout this package lives in (devstack/pantau_dev/settings.py -> repo root).
@@ -57,20 +57,18 @@ class DevSettings(BaseSettings):
     tools_dir: Path = Field(default=REPO_ROOT / "tools", description="Holds versions.env.")
     python_bin_dir: Path = Field(
         default=Path(sys.executable).parent,
-        description="bin/ of the Python environment that pods' commands run from (the 'image').",
+        description="bin/ of the Python environment the stack's tools (pantau, cameras) run from.",
     )
-    kwok_nodes: int = Field(default=2, ge=0, description="Fake nodes managed by kwok.")
-    pod_ip_prefix: str = Field(
-        default="127.0.0.", pattern=r"^127\.\d{1,3}\.\d{1,3}\.$", description="Pods get PREFIX10..PREFIX250."
-    )
+    kwok_nodes: int = Field(default=2, ge=0, description="Fake nodes managed by kwok, tainted.")
     start_timeout: float = Field(
         default=90.0, gt=0, description="Seconds each component may take to be ready."
     )
     with_triton: bool = True
     with_jaeger: bool = True
     real_node: bool = Field(
-        default=False,
-        description="Also run a real node (containerd + kubelet, docs/local-node.md); needs root.",
+        default=True,
+        description="Run the node that runs pods (containerd + kubelet + kube-proxy + CoreDNS, "
+        "docs/local-node.md); needs root. Off: a control plane and kwok only (the chart's lint).",
     )
     real_node_name: str = Field(
         default="pantau-kubelet", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", description="Its Node."
@@ -82,13 +80,23 @@ class DevSettings(BaseSettings):
         default=IPv4Network("10.244.0.0/24"),
         description="The pod network: only on the bridge, never routed elsewhere; .1 is the node's IP.",
     )
+    service_subnet: IPv4Network = Field(
+        default=IPv4Network("10.96.0.0/16"),
+        description="Service ClusterIPs: .1 the API server, .10 cluster DNS; only in kube-proxy's rules.",
+    )
 
-    @field_validator("real_node_subnet")
+    @field_validator("real_node_subnet", "service_subnet")
     @classmethod
     def _private_subnet(cls, v: IPv4Network) -> IPv4Network:
-        if not v.is_private or not 16 <= v.prefixlen <= 28:
-            raise ValueError("real_node_subnet must be a private IPv4 network, /16 to /28")
+        if not v.is_private or not 12 <= v.prefixlen <= 28:
+            raise ValueError("must be a private IPv4 network, /12 to /28")
         return v
+
+    @model_validator(mode="after")
+    def _apart(self) -> DevSettings:
+        if self.real_node_subnet.overlaps(self.service_subnet):
+            raise ValueError("real_node_subnet and service_subnet overlap: choose ranges apart")
+        return self
 
     @property
     def versions(self) -> StackVersions:

@@ -1,9 +1,11 @@
-"""The local stack: a real control plane, kwok, the local node agent, Triton and Jaeger; optionally
-a real node (containerd + kubelet, pantau_dev.node) beside the agent.
+"""The local stack: a real control plane, a real node that runs pods (containerd + kubelet +
+kube-proxy + CoreDNS, pantau_dev.node), kwok's fake nodes, Triton and Jaeger.
 
-`DevStack.up()` starts whatever is not running yet and waits until each part answers its own
-readiness check; `down()` stops every process it (or the node agent) started, by PID. The CLI
-(`pantau dev up|down|status`) and the pytest fixtures both drive this one class.
+The API server, Triton and Jaeger listen on the node's bridge address (`StackInfo.host_ip`), where
+pods reach them as they would a cluster's services. `DevStack.up()` starts whatever is not running
+yet and waits until each part answers its own readiness check; `down()` stops every process it
+started, by PID, and undoes the node's changes to the host. The CLI (`pantau dev up|down|status`)
+and the pytest fixtures both drive this one class.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from pantau_dev.pki import Pki
 from pantau_dev.procs import ProcessRecord, ProcessTable, StackError, wait_for, write_json
 from pantau_dev.settings import DevSettings
 
-LOCAL_NODE = "pantau-local"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+# Fake nodes are tainted: pods go to the real node unless they tolerate this (scale tests do).
+KWOK_TAINT = {"key": KWOK_NODE_ANNOTATION, "value": "fake", "effect": "NoSchedule"}
 ADMIN_USER = "pantau-admin"
 # Client certificates: user -> groups. The built-in RBAC bootstrap policy already grants the
 # controller-manager and scheduler users what they need; the admin is in system:masters.
@@ -38,8 +41,7 @@ CLIENTS = {
     "system:kube-controller-manager": [],
     "system:kube-scheduler": [],
 }
-# Stop order for `down`: the node agent first (so it cannot restart pods), the control plane last.
-STOP_FIRST = ["node-agent"]
+# Stop order for `down`: the control plane last.
 STOP_LAST = ["kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"]
 PORT_NAMES = [
     "etcd_client",
@@ -66,9 +68,10 @@ class StackInfo(BaseModel):
     kubeconfig: str
     api_server: str
     ca_file: str
-    local_node: str
+    node: str | None  # the Node that runs pods (None: control plane only)
+    host_ip: str  # where pods reach the stack's services (the node's bridge address)
+    pod_subnet: str | None
     kwok_nodes: list[str]
-    real_node: str | None
     triton_http: str | None
     triton_grpc: str | None
     triton_metrics: str | None
@@ -89,6 +92,7 @@ class DevStack:
         self.kubeconfig = self.state / "kubeconfig"
         self.model_repository = self.state / "models"
         self.node = RealNode(settings, self.pki, self.procs, ADMIN_USER)
+        self.host_ip = self.node.node_ip if settings.real_node else "127.0.0.1"
 
     # ----- public API -----
 
@@ -97,7 +101,11 @@ class DevStack:
         self.state.mkdir(parents=True, exist_ok=True)
         self._check_binaries()
         real_node = self.settings.real_node
-        self.pki.ensure(CLIENTS | self.node.client_certs() if real_node else CLIENTS)
+        if real_node:  # the bridge first: the API server, Triton and Jaeger listen on it
+            self.node.prepare()
+            self.pki.ensure(CLIENTS | self.node.client_certs(), self.node.apiserver_ips())
+        else:
+            self.pki.ensure(CLIENTS, ["127.0.0.1"])
         ports = self._ports()
         self._write_kubeconfigs(ports)
         timeout = self.settings.start_timeout
@@ -129,8 +137,8 @@ class DevStack:
         kcm = self._ensure("kube-controller-manager", self._kcm_argv(ports))
         sched = self._ensure("kube-scheduler", self._scheduler_argv(ports))
         kwok = self._ensure("kwok", self._kwok_argv(ports))
-        agent = self._ensure("node-agent", self._agent_argv(ports))
         kubelet = self.node.start_kubelet(ports["apiserver"]) if real_node else None
+        services = self.node.start_services(ports["apiserver"]) if real_node else None
         self._ensure_kwok_nodes(ports)
         for rec, port in ((kcm, ports["controller_manager"]), (sched, ports["scheduler"])):
             wait_for(
@@ -139,7 +147,7 @@ class DevStack:
                 what=f"{rec.name} /healthz",
                 record=rec,
             )
-        nodes = [(LOCAL_NODE, agent)] + [(n, kwok) for n in self._kwok_node_names()]
+        nodes = [(n, kwok) for n in self._kwok_node_names()]
         if kubelet is not None:
             nodes.append((self.node.name, kubelet))
         for node, rec in nodes:
@@ -158,12 +166,16 @@ class DevStack:
             what="default ServiceAccount",
             record=kcm,
         )
+        if services is not None:
+            proxy, dns = services
+            wait_for(self.node.proxy_ready, timeout=timeout, what="kube-proxy /healthz", record=proxy)
+            wait_for(self.node.dns_ready, timeout=timeout, what="CoreDNS /ready", record=dns)
 
         if jaeger is not None:
             wait_for(
                 lambda: (
-                    _http_ok(f"http://127.0.0.1:{ports['jaeger_query']}/api/services")
-                    and port_open("127.0.0.1", ports["jaeger_otlp_grpc"])
+                    _http_ok(f"http://{self.host_ip}:{ports['jaeger_query']}/api/services")
+                    and port_open(self.host_ip, ports["jaeger_otlp_grpc"])
                 ),
                 timeout=timeout,
                 what="jaeger",
@@ -171,7 +183,7 @@ class DevStack:
             )
         if triton is not None:
             wait_for(
-                lambda: _http_ok(f"http://127.0.0.1:{ports['triton_http']}/v2/health/ready"),
+                lambda: _http_ok(f"http://{self.host_ip}:{ports['triton_http']}/v2/health/ready"),
                 timeout=timeout,
                 what="triton /v2/health/ready",
                 record=triton,
@@ -187,8 +199,8 @@ class DevStack:
             self.node.stop(self._ports(create=False).get("apiserver"))
         finally:
             names = [r.name for r in self.procs.records()]
-            middle = [n for n in names if n not in STOP_FIRST + STOP_LAST]
-            self.procs.stop_all(grace=10.0, order=STOP_FIRST + middle + STOP_LAST)
+            middle = [n for n in names if n not in STOP_LAST]
+            self.procs.stop_all(grace=10.0, order=middle + STOP_LAST)
         if purge and self.state.exists():
             shutil.rmtree(self.state)
         return stopped
@@ -198,7 +210,7 @@ class DevStack:
         s = self.settings
 
         def url(scheme: str, key: str) -> str | None:
-            return f"{scheme}://127.0.0.1:{ports[key]}" if key in ports else None
+            return f"{scheme}://{self.host_ip}:{ports[key]}" if key in ports else None
 
         return StackInfo(
             state_dir=str(self.state),
@@ -206,11 +218,12 @@ class DevStack:
             kubeconfig=str(self.kubeconfig),
             api_server=url("https", "apiserver") or "",
             ca_file=str(self.pki.ca_cert),
-            local_node=LOCAL_NODE,
+            node=self.node.name if s.real_node else None,
+            host_ip=self.host_ip,
+            pod_subnet=str(s.real_node_subnet) if s.real_node else None,
             kwok_nodes=self._kwok_node_names(),
-            real_node=self.node.name if s.real_node else None,
             triton_http=url("http", "triton_http") if s.with_triton else None,
-            triton_grpc=f"127.0.0.1:{ports['triton_grpc']}" if s.with_triton and ports else None,
+            triton_grpc=f"{self.host_ip}:{ports['triton_grpc']}" if s.with_triton and ports else None,
             triton_metrics=url("http", "triton_metrics") if s.with_triton else None,
             model_repository=str(self.model_repository) if s.with_triton else None,
             jaeger_otlp_grpc=url("http", "jaeger_otlp_grpc") if s.with_jaeger else None,
@@ -263,7 +276,7 @@ class DevStack:
         return self.procs.spawn(name, argv, env=env, cwd=self.state)
 
     def _write_kubeconfigs(self, ports: dict[str, int]) -> None:
-        server = f"https://127.0.0.1:{ports['apiserver']}"
+        server = f"https://{self.host_ip}:{ports['apiserver']}"
         for user, path in (
             (ADMIN_USER, self.kubeconfig),
             ("system:kube-controller-manager", self.state / "kcm.kubeconfig"),
@@ -301,7 +314,7 @@ class DevStack:
 
     def _api_get(self, path: str, ports: dict[str, int]) -> httpx.Response:
         with httpx.Client(verify=_ssl_context(self.pki), timeout=5) as client:
-            return client.get(f"https://127.0.0.1:{ports['apiserver']}{path}")
+            return client.get(f"https://{self.host_ip}:{ports['apiserver']}{path}")
 
     def _node_ready(self, name: str, ports: dict[str, int]) -> bool:
         resp = self._api_get(f"/api/v1/nodes/{name}", ports)
@@ -316,7 +329,7 @@ class DevStack:
     def _ensure_kwok_nodes(self, ports: dict[str, int]) -> None:
         """Fake nodes for scale tests; kwok only manages nodes carrying its annotation."""
         with httpx.Client(verify=_ssl_context(self.pki), timeout=10) as client:
-            base = f"https://127.0.0.1:{ports['apiserver']}/api/v1/nodes"
+            base = f"https://{self.host_ip}:{ports['apiserver']}/api/v1/nodes"
             for name in self._kwok_node_names():
                 node = _kwok_node(name)
                 resp = client.post(base, json=node)
@@ -341,16 +354,21 @@ class DevStack:
         ]
 
     def _apiserver_argv(self, p: dict[str, int]) -> list[str]:
-        pki = self.pki
+        pki, s = self.pki, self.settings
+        # With the node, pods reach the API server through the `kubernetes` Service, whose
+        # endpoint is the advertised address: the bridge's. Without it, loopback only (the
+        # endpoint reconciler refuses a loopback address, so it is off).
+        where = (
+            [f"--advertise-address={self.host_ip}"]
+            if s.real_node
+            else ["--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none"]
+        )
         return [
-            str(self.settings.bin_dir("k8s") / "kube-apiserver"),
+            str(s.bin_dir("k8s") / "kube-apiserver"),
             f"--etcd-servers=http://127.0.0.1:{p['etcd_client']}",
-            "--bind-address=127.0.0.1",
+            f"--bind-address={self.host_ip}",
             f"--secure-port={p['apiserver']}",
-            # A loopback advertise address is refused by the endpoint reconciler of the
-            # `kubernetes` Service; with no reconciler the address is only informational.
-            "--advertise-address=127.0.0.1",
-            "--endpoint-reconciler-type=none",
+            *where,
             f"--tls-cert-file={pki.cert('apiserver')}",
             f"--tls-private-key-file={pki.key('apiserver')}",
             f"--cert-dir={self.state / 'apiserver-certs'}",
@@ -360,7 +378,7 @@ class DevStack:
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki.sa_pub}",
             f"--service-account-signing-key-file={pki.sa_key}",
-            "--service-cluster-ip-range=10.96.0.0/16",
+            f"--service-cluster-ip-range={s.service_subnet}",
             "--allow-privileged=false",
             "--profiling=false",
             "--v=0",
@@ -413,24 +431,6 @@ class DevStack:
             f"--server-address=127.0.0.1:{p['kwok_metrics']}",
         ]
 
-    def _agent_argv(self, p: dict[str, int]) -> list[str]:
-        s = self.settings
-        return [
-            str(s.python_bin_dir / "python"),
-            "-m",
-            "pantau_dev.nodeagent",
-            f"--kubeconfig={self.kubeconfig}",
-            f"--node-name={LOCAL_NODE}",
-            "--api-host=127.0.0.1",
-            f"--api-port={p['apiserver']}",
-            f"--ca-file={self.pki.ca_cert}",
-            f"--pid-dir={s.pid_dir}",
-            f"--log-dir={s.log_dir / 'pods'}",
-            f"--work-dir={self.state / 'pods'}",
-            f"--python-bin-dir={s.python_bin_dir}",
-            f"--pod-ip-prefix={s.pod_ip_prefix}",
-        ]
-
     def _jaeger_argv(self, p: dict[str, int]) -> list[str]:
         config = {
             "service": {
@@ -448,15 +448,15 @@ class DevStack:
                 "jaeger_storage": {"backends": {"mem": {"memory": {"max_traces": 100000}}}},
                 "jaeger_query": {
                     "storage": {"traces": "mem"},
-                    "http": {"endpoint": f"127.0.0.1:{p['jaeger_query']}"},
-                    "grpc": {"endpoint": f"127.0.0.1:{p['jaeger_query_grpc']}"},
+                    "http": {"endpoint": f"{self.host_ip}:{p['jaeger_query']}"},
+                    "grpc": {"endpoint": f"{self.host_ip}:{p['jaeger_query_grpc']}"},
                 },
             },
             "receivers": {
                 "otlp": {
                     "protocols": {
-                        "grpc": {"endpoint": f"127.0.0.1:{p['jaeger_otlp_grpc']}"},
-                        "http": {"endpoint": f"127.0.0.1:{p['jaeger_otlp_http']}"},
+                        "grpc": {"endpoint": f"{self.host_ip}:{p['jaeger_otlp_grpc']}"},
+                        "http": {"endpoint": f"{self.host_ip}:{p['jaeger_otlp_http']}"},
                     }
                 }
             },
@@ -496,11 +496,11 @@ class DevStack:
             # "*" loads whatever the repository holds at start.
             "--model-control-mode=explicit",
             "--load-model=*",
-            "--http-address=127.0.0.1",
+            f"--http-address={self.host_ip}",
             f"--http-port={p['triton_http']}",
-            "--grpc-address=127.0.0.1",
+            f"--grpc-address={self.host_ip}",
             f"--grpc-port={p['triton_grpc']}",
-            "--metrics-address=127.0.0.1",
+            f"--metrics-address={self.host_ip}",
             f"--metrics-port={p['triton_metrics']}",
             "--allow-sagemaker=false",
             "--allow-vertex-ai=false",
@@ -549,6 +549,7 @@ def _kwok_node(name: str) -> dict[str, Any]:
                 "type": "kwok",
             },
         },
+        "spec": {"taints": [KWOK_TAINT]},
         "status": {"allocatable": resources, "capacity": resources},
     }
 

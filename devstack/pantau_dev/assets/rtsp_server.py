@@ -32,7 +32,7 @@ gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
 
 HOST = "127.0.0.1"
-# RTP/RTCP UDP ports come from this range on 127.0.0.1; taken ports are skipped by the server.
+# RTP/RTCP UDP ports come from this range on the server's address; taken ports are skipped by the server.
 UDP_PORT_MIN = 20000
 UDP_PORT_MAX = 29999
 ANONYMOUS_ROLE = "anonymous"
@@ -212,11 +212,12 @@ def main(argv: list[str]) -> int:
     Gst.init(None)
 
     pool = GstRtspServer.RTSPAddressPool()
-    pool.add_range(HOST, HOST, UDP_PORT_MIN, UDP_PORT_MAX, 0)
+    host = config.get("host", HOST)
+    pool.add_range(host, host, UDP_PORT_MIN, UDP_PORT_MAX, 0)
     cameras = [Camera(mount, pool) for mount in config["mounts"]]
 
     server: Any = GstRtspServer.RTSPServer()
-    server.set_address(HOST)
+    server.set_address(host)
     server.set_service(str(int(config["port"])))
     auth = build_auth(cameras)
     if auth is not None:
@@ -248,7 +249,7 @@ def main(argv: list[str]) -> int:
     GLib.timeout_add_seconds(2, cleanup_sessions)
 
     if server.attach(None) == 0:
-        log(f"cannot listen on {HOST}:{config['port']}")
+        log(f"cannot listen on {host}:{config['port']}")
         return 1
     log("ready")
     main_loop.run()

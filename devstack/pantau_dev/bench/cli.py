@@ -100,8 +100,10 @@ def inference_command(
             )
         else:
             with tempfile.TemporaryDirectory(prefix="pantau-bench-") as tmp:
-                # Only Triton is used; no fake nodes and no Jaeger to keep the idle load low.
-                stack = DevStack(DevSettings(state_dir=Path(tmp), kwok_nodes=0, with_jaeger=False))
+                # Only Triton is used: no node, no fake nodes, no Jaeger, to keep the idle load low.
+                stack = DevStack(
+                    DevSettings(state_dir=Path(tmp), kwok_nodes=0, with_jaeger=False, real_node=False)
+                )
                 try:
                     with console.status("starting a throwaway local stack ..."):
                         stack.up()

@@ -624,13 +624,13 @@ async def measure_latency(
 def stack_endpoints(
     state_dir: Path | None, progress: Callable[[str], None] = lambda _: None
 ) -> Iterator[Endpoints]:
-    """Triton of the running stack at `state_dir`, or of a throwaway stack (no kwok nodes, no Jaeger)
+    """Triton of the running stack at `state_dir`, or of a throwaway stack (Triton and a control plane only)
     started now and stopped on exit."""
     if state_dir is not None:
         yield Endpoints.of_stack(DevStack(DevSettings(state_dir=state_dir)))
         return
     with tempfile.TemporaryDirectory(prefix="pantau-bench-") as tmp:
-        stack = DevStack(DevSettings(state_dir=Path(tmp), kwok_nodes=0, with_jaeger=False))
+        stack = DevStack(DevSettings(state_dir=Path(tmp), kwok_nodes=0, with_jaeger=False, real_node=False))
         try:
             progress("starting a throwaway local stack for Triton")
             stack.up()

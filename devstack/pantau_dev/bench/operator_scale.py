@@ -919,7 +919,11 @@ def run_fresh(
 ) -> Report:
     """Start a throwaway stack (no Triton, no Jaeger, 2 fake nodes), run, and stop it again."""
     with tempfile.TemporaryDirectory(prefix="pantau-bench-operator-") as tmp:
-        stack = DevStack(DevSettings(state_dir=Path(tmp), with_triton=False, with_jaeger=False, kwok_nodes=2))
+        stack = DevStack(
+            DevSettings(
+                state_dir=Path(tmp), with_triton=False, with_jaeger=False, kwok_nodes=2, real_node=False
+            )
+        )
         try:
             progress("starting a throwaway local stack")
             stack.up()

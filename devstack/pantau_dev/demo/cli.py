@@ -78,14 +78,16 @@ def demo(
     stack = DevStack(DevSettings())
     demo_run: Demo | None = None
     try:
-        with console.status("starting the local stack (control plane, node agent, Triton, Jaeger) ..."):
+        with console.status("starting the local stack (control plane, node, Triton, Jaeger) ..."):
             info = stack.up()
         demo_run = Demo(stack)
         with console.status("loading the detector, starting cameras and the operator, applying demo/ ..."):
             demo_run.start()
         console.print(f"KUBECONFIG={info.kubeconfig}  (try: kubectl get pantau -n {demo_run.namespace})")
         console.print(f"traces: {info.jaeger_query}/api/traces?service=pantau-ingest  (Jaeger query API)")
-        console.print(f"logs: {info.log_dir}  (ingest pods under pods/)  -  Ctrl-C stops everything")
+        console.print(
+            f"logs: {info.log_dir}; pods: kubectl logs -n {demo_run.namespace} POD - Ctrl-C stops all"
+        )
         deadline = time.monotonic() + duration if duration else None
         with Live(_tables(demo_run), console=console, refresh_per_second=1) as live:
             while deadline is None or time.monotonic() < deadline:

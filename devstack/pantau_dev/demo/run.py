@@ -2,9 +2,9 @@
 
 On the local stack it loads the detector into Triton, installs the CRDs, starts four test
 cameras (real footage, a synthetic pattern, a password-protected stream, and an address where
-nothing listens), installs Pantau with its Helm chart (CRDs and the operator, which then runs under
-the chart's ServiceAccount), and applies the Sites and Cameras in demo/ with kubectl. The operator
-and its ingest pods run as processes on the local node.
+nothing listens, all on the node's address), installs Pantau with its Helm chart (CRDs and the
+operator, which then runs under the chart's ServiceAccount), and applies the Sites and Cameras in
+demo/ with kubectl. The operator and its ingest pods run from the product image on the stack's node.
 """
 
 from __future__ import annotations
@@ -58,7 +58,12 @@ class Demo:
         self.rtsp_port = free_port()
         self.release = Release(Tools(stack.settings, stack.kubeconfig))
         self.cameras = RtspCameraServer(
-            stack.procs, "demo-cameras", self.rtsp_port, self._mounts(), stack.state / "demo"
+            stack.procs,
+            "demo-cameras",
+            self.rtsp_port,
+            self._mounts(),
+            stack.state / "demo",
+            host=self.info.host_ip,
         )
 
     def _mounts(self) -> list[RtspMount]:
@@ -100,7 +105,8 @@ class Demo:
     def install(self) -> None:
         """Pantau as an SRE installs it: `helm upgrade --install` of charts/pantau, with values that fit
         the local stack."""
-        self.release.install(local_values(self.info, operator={"watchNamespaces": [self.namespace]}))
+        values = local_values(self.info, self.stack.settings, operator={"watchNamespaces": [self.namespace]})
+        self.release.install(values)
 
     def apply(self) -> None:
         namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}}
@@ -122,8 +128,9 @@ class Demo:
 
     def render_cameras(self) -> str:
         text = (DEMO_DIR / "cameras.yaml").read_text()
-        return text.replace("${RTSP}", f"127.0.0.1:{self.rtsp_port}").replace(
-            "${BROKEN}", f"127.0.0.1:{free_port()}"
+        host = self.info.host_ip
+        return text.replace("${RTSP}", f"{host}:{self.rtsp_port}").replace(
+            "${BROKEN}", f"{host}:{free_port(host)}"
         )
 
     # ----- looking at it -----
@@ -137,6 +144,10 @@ class Demo:
     def objects(self, kind: str) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = json.loads(self.kubectl("get", kind, "-o", "json").stdout)["items"]
         return items
+
+    def pod_log(self, pod: str) -> str:
+        """What a pod of the demo's namespace wrote (all its containers), as `kubectl logs` shows it."""
+        return self.kubectl("logs", pod, "--all-containers", check=False).stdout
 
     def pod_reports(self) -> dict[str, dict[str, Any]]:
         """The ingest pods' own /status, by camera name (live counters, unlike the Camera status)."""

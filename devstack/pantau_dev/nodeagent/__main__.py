@@ -1,3 +1,0 @@
-from pantau_dev.nodeagent.cli import main
-
-main()

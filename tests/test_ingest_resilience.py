@@ -408,17 +408,18 @@ class SpareTriton:
         self.ports: dict[str, int] = {}
         while len(set(self.ports.values())) < 3:  # free_port() may hand out the same port twice
             self.ports = {name: free_port() for name in ("triton_http", "triton_grpc", "triton_metrics")}
-        self.argv = stack._triton_argv(self.ports)
+        self.argv = stack._triton_argv(self.ports)  # on the stack's address, as its own Triton
         self.env = stack._triton_env()
+        self.host = stack.host_ip
         self.table = table
         self.work = work
 
     @property
     def grpc(self) -> str:
-        return f"{HOST}:{self.ports['triton_grpc']}"
+        return f"{self.host}:{self.ports['triton_grpc']}"
 
     def _ready(self) -> bool:
-        url = f"http://{HOST}:{self.ports['triton_http']}/v2/health/ready"
+        url = f"http://{self.host}:{self.ports['triton_http']}/v2/health/ready"
         return httpx.get(url, timeout=2).status_code == 200
 
     def start(self) -> None:

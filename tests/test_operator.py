@@ -1,4 +1,7 @@
-"""The operator on the real local control plane: kubectl in, pool objects and truthful status out."""
+"""The operator on the real local control plane: kubectl in, pool objects and truthful status out.
+
+The operator runs as a host process here (tests stop and start it), but with the chart's rights
+only: the chart's ServiceAccount, ClusterRole and binding, and a token of that ServiceAccount."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from pantau_dev.chart import Tools, operator_kubeconfig
 from pantau_dev.net import free_port
 from pantau_dev.procs import ProcessRecord, ProcessTable, wait_for
 from pantau_dev.settings import REPO_ROOT
@@ -24,14 +28,16 @@ GROUP, VERSION = "pantau.io", "v1alpha1"
 
 
 class Operator:
-    """`pantau operator` as a real process, restartable."""
+    """`pantau operator` as a real process, restartable, under the chart's ServiceAccount."""
 
     def __init__(self, stack: DevStack, tmp: Path) -> None:
         self.table = ProcessTable(tmp / "pids", tmp / "logs")
         self.port = free_port()
+        tools = Tools(stack.settings, stack.kubeconfig)
+        kubeconfig = operator_kubeconfig(tools, stack.status(), "pantau-host-operator", tmp / "kubeconfig")
         self.env = {
             **os.environ,
-            "KUBECONFIG": str(stack.kubeconfig),
+            "KUBECONFIG": str(kubeconfig),
             "PANTAU_RESYNC_INTERVAL": "2",
             "PANTAU_DEBOUNCE": "0.2",
             "PANTAU_LIVENESS_HOST": "127.0.0.1",
@@ -244,8 +250,20 @@ def test_camera_without_site_is_told_then_recovers(
     )
     assert objs.condition(cam, "Ready")["status"] == "False"
     assert "pasar-baru" in objs.condition(cam, "Ready")["message"]
-    events = objs.core.list_namespaced_event(namespace, field_selector="involvedObject.name=lonely").items
-    assert "SiteNotFound" in {e.reason for e in events}
+    # Kopf posts Events from a queue of its own, a moment after the status patch.
+    wait_for(
+        lambda: (
+            "SiteNotFound"
+            in {
+                e.reason
+                for e in objs.core.list_namespaced_event(
+                    namespace, field_selector="involvedObject.name=lonely"
+                ).items
+            }
+        ),
+        timeout=15,
+        what="a SiteNotFound Event",
+    )
 
     apply(kubectl, namespace, site("pasar-baru"))
     wait_for(lambda: objs.ready("camera", "lonely"), timeout=60, what="camera Ready once its Site exists")

@@ -58,7 +58,12 @@ class Tools:
         return self._run([str(self.kubectl_bin), "--kubeconfig", str(self.kubeconfig), *args], stdin, check)
 
     def template(
-        self, namespace: str, *values: Path, sets: Sequence[str] = (), release: str = "pantau"
+        self,
+        namespace: str,
+        *values: Path,
+        sets: Sequence[str] = (),
+        release: str = "pantau",
+        show_only: Sequence[str] = (),
     ) -> str:
         args = [
             "template",
@@ -73,6 +78,8 @@ class Tools:
             args += ["--values", str(path)]
         for item in sets:
             args += ["--set", item]
+        for template in show_only:
+            args += ["--show-only", template]
         return self.helm(*args).stdout
 
     def restricted_namespace(self, name: str) -> None:
@@ -105,6 +112,43 @@ def local_values(info: StackInfo, settings: DevSettings, **overrides: Any) -> di
     for key, value in overrides.items():
         values[key] = {**values.get(key, {}), **value} if isinstance(value, dict) else value
     return values
+
+
+OPERATOR_RBAC = [
+    "templates/operator-serviceaccount.yaml",
+    "templates/operator-clusterrole.yaml",
+    "templates/operator-clusterrolebinding.yaml",
+]
+
+
+def operator_kubeconfig(tools: Tools, info: StackInfo, namespace: str, path: Path) -> Path:
+    """A kubeconfig for an operator run outside the cluster (a test that stops and starts it) with
+    exactly the chart's rights: the chart's ServiceAccount, ClusterRole and binding applied into
+    `namespace`, and a token of that ServiceAccount."""
+    tools.kubectl("create", "namespace", namespace, check=False)
+    rendered = tools.template(
+        namespace,
+        LINT_VALUES,
+        release="host",
+        sets=["triton.enabled=false", "triton.address=unused:8001"],
+        show_only=OPERATOR_RBAC,
+    )
+    tools.kubectl("apply", "-n", namespace, "-f", "-", stdin=rendered)
+    account = "host-pantau-operator"
+    token = tools.kubectl("create", "token", account, "-n", namespace, "--duration=4h").stdout.strip()
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": "stack", "cluster": {"server": info.api_server, "certificate-authority": info.ca_file}}
+        ],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": account, "context": {"cluster": "stack", "user": account}}],
+        "current-context": account,
+    }
+    path.write_text(json.dumps(config))
+    path.chmod(0o600)
+    return path
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -9,7 +10,7 @@ from pantau.builders.pool import PoolSettings
 from pantau.contract import CameraStatusReport
 from pantau.models.camera import CameraSpec
 from pantau.models.site import SiteSpec
-from pantau.reconcile.facts import ObjectFacts, PodFacts, SiteObservation
+from pantau.reconcile.facts import ObjectFacts, PodFacts, SecretFacts, SiteObservation
 
 NOW: Final = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 LONG_AGO: Final = "2026-11-29T09:00:00Z"  # a pool created an hour before NOW
@@ -57,13 +58,15 @@ def observe(
     the_site: ObjectFacts,
     cameras: list[ObjectFacts],
     ready: dict[str, bool] | None = None,
-    secrets: frozenset[str] = frozenset(),
+    secrets: frozenset[str] | Mapping[str, SecretFacts] = frozenset(),
     pool_created: str | None = LONG_AGO,
 ) -> SiteObservation:
-    """`ready`: pod name -> readiness (each gets an IP); `pool_created` None: no StatefulSet seen."""
+    """`ready`: pod name -> readiness (each gets an IP); `secrets`: names of consenting Secrets, or
+    each Secret's facts; `pool_created` None: no StatefulSet seen."""
     pods = {name: PodFacts(ok, f"10.1.0.{i}") for i, (name, ok) in enumerate(sorted((ready or {}).items()))}
     pools = {POOL: pool_created} if pool_created is not None else {}
-    return SiteObservation(the_site, tuple(cameras), pods, pools, secrets)
+    facts = secrets if isinstance(secrets, Mapping) else {n: SecretFacts(consent=True) for n in secrets}
+    return SiteObservation(the_site, tuple(cameras), pods, pools, facts)
 
 
 def report(name: str, state: str = "Streaming", **fields: Any) -> CameraStatusReport:

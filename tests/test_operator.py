@@ -6,6 +6,7 @@ only: the chart's ServiceAccount, ClusterRole and binding, and a token of that S
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from pantau.contract import ANNOTATION_CREDENTIALS_SITES, LABEL_CREDENTIALS
 from pantau_dev.chart import Tools, operator_kubeconfig
 from pantau_dev.net import free_port
 from pantau_dev.procs import ProcessRecord, ProcessTable, wait_for
@@ -131,11 +133,15 @@ def camera(name: str, site_name: str, fps: float = 5, secret: str | None = None)
     }
 
 
-def secret(name: str) -> dict[str, Any]:
+def secret(name: str, consent: bool = True, sites: str | None = None) -> dict[str, Any]:
+    """A camera login; `consent`: labelled for Cameras to use; `sites`: only those Sites' Cameras."""
+    metadata: dict[str, Any] = {"name": name, "labels": {LABEL_CREDENTIALS: "true"} if consent else {}}
+    if sites is not None:
+        metadata["annotations"] = {ANNOTATION_CREDENTIALS_SITES: sites}
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": name},
+        "metadata": metadata,
         "stringData": {"username": "viewer", "password": "not-a-real-password"},
     }
 
@@ -278,6 +284,63 @@ def test_secret_not_found_then_found(
     )
     apply(kubectl, namespace, secret("late-creds"))
     wait_for(lambda: objs.ready("camera", "cam-s"), timeout=60, what="Ready after the Secret appears")
+
+
+def can_read(stack: DevStack, namespace: str, account: str, secret_name: str) -> bool:
+    """Whether a pod running as `account` could read the Secret: a real token of that
+    ServiceAccount, a real GET, the API server's RBAC deciding."""
+    kubectl = Tools(stack.settings, stack.kubeconfig).kubectl
+    token = kubectl("create", "token", account, "-n", namespace, "--duration=10m").stdout.strip()
+    info = stack.status()
+    resp = httpx.get(
+        f"{info.api_server}/api/v1/namespaces/{namespace}/secrets/{secret_name}",
+        headers={"Authorization": f"Bearer {token}"},
+        verify=ssl.create_default_context(cafile=info.ca_file),
+        timeout=10,
+    )
+    assert resp.status_code in (200, 403), resp.text
+    return resp.status_code == 200
+
+
+def test_a_secret_serves_only_the_sites_it_consents_to(
+    operator: Operator, dev_stack: DevStack, kubectl: list[str], namespace: str, objs: Objects
+) -> None:
+    """Unlabelled, or labelled for another Site: the Camera is told how to permit it and no pool may
+    read it; once labelled for the Site, that Site's pool (and only it) may."""
+    apply(
+        kubectl,
+        namespace,
+        secret("plain", consent=False),
+        secret("for-pasar", sites="pasar"),
+        site("kota"),
+        site("pasar"),
+        camera("k-plain", "kota", secret="plain"),
+        camera("k-pasar", "kota", secret="for-pasar"),
+        camera("p-pasar", "pasar", secret="for-pasar"),
+    )
+    for name in ("k-plain", "k-pasar"):
+        wait_for(
+            lambda n=name: objs.ready("camera", n, reason="SecretNotPermitted"),  # type: ignore[misc]
+            timeout=60,
+            what=f"{name} SecretNotPermitted",
+        )
+    wait_for(lambda: objs.ready("camera", "p-pasar"), timeout=60, what="p-pasar Ready")
+    message = objs.condition(objs.camera("k-plain"), "Ready")["message"]
+    assert f"label it {LABEL_CREDENTIALS}=true" in message
+    assert objs.role_secrets("kota-ingest") == []
+    assert objs.role_secrets("pasar-ingest") == ["for-pasar"]
+    # Real tokens of the pools' ServiceAccounts against the real API server's RBAC.
+    assert can_read(dev_stack, namespace, "pasar-ingest", "for-pasar")
+    assert not can_read(dev_stack, namespace, "kota-ingest", "for-pasar")
+    assert not can_read(dev_stack, namespace, "kota-ingest", "plain")
+    assert not can_read(dev_stack, namespace, "pasar-ingest", "plain")
+
+    # Consent given: labelled, for any Site.
+    apply(kubectl, namespace, secret("plain"))
+    wait_for(lambda: objs.ready("camera", "k-plain"), timeout=60, what="k-plain Ready once permitted")
+    wait_for(lambda: objs.role_secrets("kota-ingest") == ["plain"], timeout=30, what="plain in kota's Role")
+    assert can_read(dev_stack, namespace, "kota-ingest", "plain")
+    assert not can_read(dev_stack, namespace, "kota-ingest", "for-pasar")
 
 
 def test_deleting_a_camera_drops_its_secret_and_deleting_the_site_its_pool(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 from datetime import timedelta
 
-from pantau.reconcile.facts import ObjectFacts
+from pantau.contract import ANNOTATION_CREDENTIALS_SITES, LABEL_CREDENTIALS
+from pantau.reconcile.facts import ObjectFacts, SecretFacts
 from pantau.reconcile.site import camera_cost, plan_site
 from tests.cases_reconcile import NOW, POOL, SETTINGS, cam, observe, ready_condition, report, site
 from tests.test_builders import KINDS
@@ -45,6 +46,35 @@ def test_missing_secret_paused_and_pod_not_ready_are_reasons() -> None:
     assert plan.camera_status["c"]["reason"] == "PodNotReady"
     assert [(e.name, e.reason) for e in plan.events] == [("a", "SecretNotFound")]
     assert plan.site_status["cameras"]["failed"] == 1
+
+
+def test_a_secret_is_used_only_with_its_consent_for_the_site() -> None:
+    """Unlabelled, or labelled for other Sites: the Camera is told how to permit it, and no Role
+    names the Secret; labelled for this Site (or any): the Role names it."""
+    cameras = [cam("a", secret="plain"), cam("b", secret="elsewhere"), cam("c", secret="ours"), cam("d")]
+    secrets = {
+        "plain": SecretFacts.of({"name": "plain"}),
+        "elsewhere": SecretFacts.of(
+            {"labels": {LABEL_CREDENTIALS: "true"}, "annotations": {ANNOTATION_CREDENTIALS_SITES: "x, y"}}
+        ),
+        "ours": SecretFacts.of(
+            {"labels": {LABEL_CREDENTIALS: "true"}, "annotations": {ANNOTATION_CREDENTIALS_SITES: "y,alun"}}
+        ),
+    }
+    plan = plan_site(observe(site(), cameras, {f"{POOL}-0": True}, secrets), SETTINGS, NOW)
+    a, b = ready_condition(plan.camera_status["a"]), ready_condition(plan.camera_status["b"])
+    assert (a["status"], a["reason"]) == ("False", "SecretNotPermitted")
+    assert f"label it {LABEL_CREDENTIALS}=true" in a["message"]
+    assert b["reason"] == "SecretNotPermitted"
+    assert f"add 'alun' to its {ANNOTATION_CREDENTIALS_SITES} annotation" in b["message"]
+    assert ready_condition(plan.camera_status["c"])["reason"] == "PodReady"
+    rules = plan.children[1]["rules"]
+    assert [r.get("resourceNames") for r in rules if "secrets" in r["resources"]] == [["ours"]]
+    assert sorted((e.name, e.reason) for e in plan.events) == [
+        ("a", "SecretNotPermitted"),
+        ("b", "SecretNotPermitted"),
+    ]
+    assert plan.site_status["cameras"]["failed"] == 2
 
 
 def test_unchanged_status_keeps_transition_times_and_tells_nothing_twice() -> None:

@@ -38,6 +38,10 @@ LABEL_SITE: Final = "pantau.io/site"
 # On a Camera: the ingest pod (a StatefulSet pod name, "<pool>-<ordinal>") that serves it. Ingest pods
 # watch Cameras with the selector pantau.io/shard=<their own pod name>.
 LABEL_SHARD: Final = "pantau.io/shard"
+# On a Secret: its owner's consent that Cameras use it ("true"), optionally only Cameras of the Sites
+# listed (comma-separated) in the annotation. Without the label no pool is ever granted the Secret.
+LABEL_CREDENTIALS: Final = "pantau.io/credentials"
+ANNOTATION_CREDENTIALS_SITES: Final = "pantau.io/sites"
 # Kopf's own state (finalizer, progress, diff-base) lives under this prefix.
 ANNOTATION_PREFIX: Final = "pantau.io"
 # Well-known labels Pantau sets or selects on.

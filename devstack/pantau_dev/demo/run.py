@@ -19,7 +19,7 @@ import httpx
 from pydantic import SecretStr
 from tritonclient import grpc as triton_grpc
 
-from pantau.contract import INGEST_PORT
+from pantau.contract import ANNOTATION_CREDENTIALS_SITES, INGEST_PORT, LABEL_CREDENTIALS
 from pantau.triton import builder, contract
 from pantau_dev.cameras import RtspCameraServer, RtspMount
 from pantau_dev.chart import Release, Tools, local_values
@@ -122,7 +122,12 @@ class Demo:
         secret = {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": {"name": SECRET},
+            # Consent: Cameras of the market's Site may use this login, no others.
+            "metadata": {
+                "name": SECRET,
+                "labels": {LABEL_CREDENTIALS: "true"},
+                "annotations": {ANNOTATION_CREDENTIALS_SITES: "bengkulu-selatan"},
+            },
             "stringData": {"username": "viewer", "password": self.password},
         }
         self.kubectl("apply", "-f", "-", stdin=json.dumps(secret))

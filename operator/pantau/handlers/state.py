@@ -33,7 +33,7 @@ from pantau.models import GROUP, VERSION
 from pantau.models.camera import CameraSpec
 from pantau.models.site import SiteSpec
 from pantau.reconcile.camera import CameraPlan, secrets_of
-from pantau.reconcile.facts import Event, ObjectFacts, PodFacts, SiteObservation
+from pantau.reconcile.facts import Event, ObjectFacts, PodFacts, SecretFacts, SiteObservation
 from pantau.reconcile.reports import camera_reports, pods_to_poll
 from pantau.reconcile.site import SitePlan, plan_site
 from pantau.settings import OperatorSettings
@@ -123,25 +123,36 @@ async def pull_reports(
 
 
 class SecretCache:
-    """Which of the Secrets that Cameras name exist, asked one by one for their metadata only: the
-    operator neither lists nor watches Secrets, nor ever receives their data. A Secret seen to exist
-    is trusted for `refresh` seconds; a missing one is asked for again on every pass, so creating it
-    is noticed at the next pass."""
+    """The Secrets that Cameras name: whether each exists and consents to being used, asked one by one
+    for its metadata only. The operator neither lists nor watches Secrets, nor ever receives their
+    data. A consenting Secret is trusted for `refresh` seconds (a withdrawn consent is noticed within
+    that); a missing or refusing one is asked for again on every pass, so creating or labelling it is
+    noticed at the next pass."""
 
     def __init__(self, api: KubeApi, refresh: float) -> None:
         self._api, self._refresh = api, refresh
-        self._seen: dict[tuple[str, str], float] = {}  # (namespace, name) -> when it was seen to exist
+        # (namespace, name) -> (when it was seen consenting, its facts)
+        self._seen: dict[tuple[str, str], tuple[float, SecretFacts]] = {}
 
-    async def present(self, namespace: str, names: Iterable[str]) -> frozenset[str]:
+    async def facts(self, namespace: str, names: Iterable[str]) -> dict[str, SecretFacts]:
         now = time.monotonic()
-        stale = sorted(n for n in names if now - self._seen.get((namespace, n), -math.inf) > self._refresh)
-        found = await asyncio.gather(*(self._api.exists("v1", "Secret", namespace, n) for n in stale))
-        for name, exists in zip(stale, found, strict=True):
-            if exists:
-                self._seen[(namespace, name)] = now
-            else:
-                self._seen.pop((namespace, name), None)
-        return frozenset(n for n in names if (namespace, n) in self._seen)
+        wanted = set(names)
+        stale = sorted(
+            n for n in wanted if now - self._seen.get((namespace, n), (-math.inf,))[0] > self._refresh
+        )
+        found = await asyncio.gather(*(self._api.metadata("v1", "Secret", namespace, n) for n in stale))
+        fresh: dict[str, SecretFacts] = {}
+        for name, metadata in zip(stale, found, strict=True):
+            self._seen.pop((namespace, name), None)
+            if metadata is None:
+                continue
+            fresh[name] = facts = SecretFacts.of(metadata)
+            if facts.consent:
+                self._seen[(namespace, name)] = (now, facts)
+        cached = {
+            n: self._seen[(namespace, n)][1] for n in wanted - fresh.keys() if (namespace, n) in self._seen
+        }
+        return cached | fresh
 
 
 @dataclass
@@ -286,10 +297,10 @@ def _first(store: Iterable[Any] | None) -> Any:
 
 
 def observe_site(
-    namespace: str, name: str, indexes: Mapping[str, Any], secrets: frozenset[str] = frozenset()
+    namespace: str, name: str, indexes: Mapping[str, Any], secrets: Mapping[str, SecretFacts] | None = None
 ) -> SiteObservation | None:
-    """What the indexes hold for one Site's pass (and `secrets`, the Secrets seen to exist); None once
-    the Site is gone."""
+    """What the indexes hold for one Site's pass (and `secrets`, the named Secrets that exist); None
+    once the Site is gone."""
     site: ObjectFacts | None = _first(indexes["site_index"].get((namespace, name)))
     if site is None:
         return None
@@ -300,7 +311,7 @@ def observe_site(
         cameras=tuple(indexes["camera_index"].get((namespace, name), [])),
         pods={pod: PodFacts(*facts) for pod, facts in pods.items() if facts is not None},
         pools={pool: created for pool, created in pools.items() if created is not None},
-        secrets=secrets,
+        secrets=secrets or {},
     )
 
 
@@ -310,7 +321,7 @@ async def reconcile_site(state: OperatorState, namespace: str, name: str, indexe
     if observed is None:
         return
     named = {s for c in observed.cameras if c.spec is not None for s in secrets_of(c.spec)}
-    observed = replace(observed, secrets=await state.secrets.present(namespace, named))
+    observed = replace(observed, secrets=await state.secrets.facts(namespace, named))
     pulled = await state.pull_reports(pods_to_poll(observed, state.settings.may_poll))
     reports = camera_reports(pulled, observed)
     plan = plan_site(observed, state.settings.pool(), datetime.now(UTC), reports)

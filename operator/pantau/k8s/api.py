@@ -143,16 +143,19 @@ class KubeApi:
                 return None
             raise
 
-    async def exists(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
-        """Whether the object exists, asking for its metadata only: for a Secret, the caller never
-        receives (and so never holds) its data."""
+    async def metadata(self, api_version: str, kind: str, namespace: str | None, name: str) -> JSON | None:
+        """The object's metadata (None when it does not exist), asking for nothing else: for a
+        Secret, the caller never receives (and so never holds) its data."""
         try:
-            await self._request("GET", object_path(api_version, kind, namespace, name), accept=METADATA_ONLY)
+            found = await self._request(
+                "GET", object_path(api_version, kind, namespace, name), accept=METADATA_ONLY
+            )
         except ApiError as exc:
             if exc.not_found:
-                return False
+                return None
             raise
-        return True
+        metadata: JSON = found.get("metadata") or {}
+        return metadata
 
     async def list_objects(
         self, api_version: str, kind: str, namespace: str | None, label_selector: str = ""

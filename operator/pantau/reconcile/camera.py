@@ -13,11 +13,11 @@ from pantau.contract import LABEL_SHARD, CameraStatusReport
 from pantau.models.camera import CameraSpec
 from pantau.models.conditions import Condition, find_condition
 from pantau.reconcile.assignment import Assignment
-from pantau.reconcile.facts import JSON, Event, ObjectFacts, PodFacts, event
+from pantau.reconcile.facts import JSON, Event, ObjectFacts, PodFacts, SecretFacts, event
 from pantau.reconcile.status import Verdict, condition, dump, merge, observed_condition, observed_conditions
 
 # Problems the user must fix: told once by a Warning Event, when they appear.
-PROBLEMS: Final = ("SecretNotFound", "InvalidSpec", "SiteNotFound", "SessionLimit")
+PROBLEMS: Final = ("SecretNotFound", "SecretNotPermitted", "InvalidSpec", "SiteNotFound", "SessionLimit")
 # A pod not created yet in a pool this young is expected shortly: its Cameras' PodNotReady waits.
 POD_START_GRACE: Final = 60.0
 # Streaming counters change with every frame: written when streaming starts or stops, or when the
@@ -43,7 +43,7 @@ class PoolView:
     assignment: Assignment | None  # None: no shards
     pods: Mapping[str, PodFacts] = field(default_factory=dict)  # the pool's pods the watch shows
     created: str | None = None  # the StatefulSet's creationTimestamp; None: the watch does not show it
-    secrets: frozenset[str] = frozenset()  # the Secrets of the namespace
+    secrets: Mapping[str, SecretFacts] = field(default_factory=dict)  # the named Secrets that exist
     over_budget: Mapping[str, str] = field(default_factory=dict)  # camera -> why no session (sessions.py)
 
     def pod_of(self, camera: ObjectFacts) -> str | None:
@@ -118,7 +118,7 @@ def plan_camera(
     status = {k: v for k, v in status.items() if v is not None}
     events = _reassigned(camera, pod) + _told(camera, find_condition(conditions, "Ready"))
     coming = pod_coming(pod, verdict, pool, now)
-    failed = verdict.reason in ("SecretNotFound", "SessionLimit")
+    failed = verdict.reason in ("SecretNotFound", "SecretNotPermitted", "SessionLimit")
     return CameraPlan(pod, None if coming else status, events, verdict.ok, failed)
 
 
@@ -144,11 +144,23 @@ def _wanted(
     return wanted, verdict
 
 
+def secret_verdict(spec: CameraSpec, pool: PoolView) -> Verdict | None:
+    """Why the Camera cannot have its Secrets (they must exist and consent to its Site); None: it can."""
+    for name in secrets_of(spec):
+        facts = pool.secrets.get(name)
+        if facts is None:
+            return Verdict(False, "SecretNotFound", f"Secret {name!r} does not exist")
+        refusal = facts.refusal(name, pool.site)
+        if refusal is not None:
+            return Verdict(False, "SecretNotPermitted", refusal)
+    return None
+
+
 def pod_verdict(spec: CameraSpec, pod: str, pool: PoolView) -> Verdict:
-    """Ready as far as the cluster can tell: its Secrets exist and its pod is ready."""
-    missing = [n for n in secrets_of(spec) if n not in pool.secrets]
-    if missing:
-        return Verdict(False, "SecretNotFound", f"Secret {missing[0]!r} does not exist")
+    """Ready as far as the cluster can tell: its Secrets exist and permit it, and its pod is ready."""
+    refused = secret_verdict(spec, pool)
+    if refused is not None:
+        return refused
     facts = pool.pods.get(pod)
     if facts is None or not facts.ready:
         return Verdict(False, "PodNotReady", f"ingest pod {pod} is not ready yet")

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pantau.contract import ANNOTATION_CREDENTIALS_SITES, LABEL_CREDENTIALS
+
 JSON = dict[str, Any]
 
 
@@ -27,6 +29,33 @@ class ObjectFacts:
 
 
 @dataclass(frozen=True)
+class SecretFacts:
+    """A Secret a Camera names, as its metadata shows it (the operator never reads its data)."""
+
+    consent: bool = False  # labelled pantau.io/credentials=true
+    sites: frozenset[str] | None = None  # the Sites its annotation allows; None: any Site
+
+    @classmethod
+    def of(cls, metadata: Mapping[str, Any]) -> SecretFacts:
+        labels = metadata.get("labels") or {}
+        listed = (metadata.get("annotations") or {}).get(ANNOTATION_CREDENTIALS_SITES)
+        sites = None if listed is None else frozenset(s.strip() for s in listed.split(",") if s.strip())
+        return cls(consent=labels.get(LABEL_CREDENTIALS) == "true", sites=sites)
+
+    def refusal(self, name: str, site: str) -> str | None:
+        """Why a Camera of `site` may not use this Secret, with the fix; None when it may."""
+        if not self.consent:
+            return f"Secret {name!r} is not permitted for Cameras: label it {LABEL_CREDENTIALS}=true"
+        if self.sites is not None and site not in self.sites:
+            allowed = ", ".join(sorted(self.sites)) or "none"
+            return (
+                f"Secret {name!r} is permitted for Sites {allowed} only: add {site!r} to its "
+                f"{ANNOTATION_CREDENTIALS_SITES} annotation"
+            )
+        return None
+
+
+@dataclass(frozen=True)
 class PodFacts:
     """A pod as the watch shows it."""
 
@@ -42,7 +71,7 @@ class SiteObservation:
     cameras: tuple[ObjectFacts, ...] = ()
     pods: Mapping[str, PodFacts] = field(default_factory=dict)  # Pantau's pods in the namespace, by name
     pools: Mapping[str, str] = field(default_factory=dict)  # Pantau's StatefulSets: name -> creationTimestamp
-    secrets: frozenset[str] = frozenset()  # names of the namespace's Secrets
+    secrets: Mapping[str, SecretFacts] = field(default_factory=dict)  # the named Secrets that exist
 
 
 @dataclass(frozen=True)

@@ -60,8 +60,15 @@ def plan_site(
         return plan_invalid_site(site, now)
     cameras = sorted(observed.cameras, key=lambda c: c.name)
     pool = size_pool(observed, cameras)
+    # Only Secrets that exist and consent to this Site: no pool Role ever names any other.
     secret_names = sorted(
-        {s for c in _active(cameras) if c.name not in pool.over_budget for s in secrets_of(c.spec)}
+        {
+            s
+            for c in _active(cameras)
+            if c.name not in pool.over_budget
+            for s in secrets_of(c.spec)
+            if s in pool.secrets and pool.secrets[s].refusal(s, site.name) is None
+        }
     )
     owner = SiteRef(name=site.name, namespace=site.namespace, uid=site.uid)
     plans = {c.name: plan_camera(c, pool, (reports or {}).get(c.name), now) for c in cameras}

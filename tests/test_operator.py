@@ -368,6 +368,16 @@ def test_deleting_a_camera_drops_its_secret_and_deleting_the_site_its_pool(
         )
 
     wait_for(pool_gone, timeout=60, what="garbage collection of the pool")
+    # The Camera left behind no longer says Ready: its Site is gone, and it says so.
+    cam = wait_for(
+        lambda: objs.ready("camera", "c1", reason="SiteNotFound"), timeout=30, what="c1 SiteNotFound"
+    )
+    ready = objs.condition(cam, "Ready")
+    assert ready is not None
+    assert ready["status"] == "False"
+    assert "shard" not in cam["status"]
+    assert "pod" not in cam["status"]
+    assert "pantau.io/shard" not in (cam["metadata"].get("labels") or {})
 
 
 def test_drift_repair_and_fps_change_without_pool_restart(

@@ -110,8 +110,13 @@ def pool_index(namespace: str | None, name: str, meta: kopf.Meta, **_: Any) -> d
 
 
 @kopf.on.event(*SITES)
-def site_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    memo["state"].mark(namespace or "", name)
+async def site_changed(namespace: str | None, name: str, type: str, memo: Any, **kwargs: Any) -> None:
+    state: OperatorState = memo["state"]
+    ns = namespace or ""
+    state.mark(ns, name)
+    if type == "DELETED":  # its Cameras stay: each is told its Site is gone, not left Ready
+        for camera in kwargs["camera_index"].get((ns, name), []):
+            await _tell_orphan(state, camera, name, site_exists=False, deleted=False)
 
 
 @kopf.on.event(*CAMERAS)
@@ -129,13 +134,20 @@ async def camera_changed(
     state.mark(ns, site)
     camera = OperatorState.camera_facts(body)
     exists, deleted = (ns, site) in kwargs["site_index"], type == "DELETED"
-    plan = plan_orphan_camera(camera, site, site_exists=exists, deleted=deleted, now=datetime.now(UTC))
+    await _tell_orphan(state, camera, site, site_exists=exists, deleted=deleted)
+
+
+async def _tell_orphan(
+    state: OperatorState, camera: ObjectFacts, site: str, *, site_exists: bool, deleted: bool
+) -> None:
+    """A Camera whose Site does not exist gets its status (and shard label) from no Site's pass."""
+    plan = plan_orphan_camera(camera, site, site_exists=site_exists, deleted=deleted, now=datetime.now(UTC))
     if plan is None:
         return
     try:
         await state.apply_camera_plan(camera, plan)
     except ApiError as exc:
-        log.warning("camera %s/%s: status not written: %s", ns, camera.name, exc)
+        log.warning("camera %s/%s: status not written: %s", camera.namespace, camera.name, exc)
 
 
 @kopf.on.event("v1", "pods", labels=MANAGED)

@@ -14,6 +14,7 @@ import httpx
 import pytest
 import yaml
 
+from pantau.contract import LABEL_CREDENTIALS
 from pantau_dev.demo.run import Demo
 from pantau_dev.procs import wait_for
 from pantau_dev.stack import DevStack
@@ -194,3 +195,72 @@ def test_fps_change_reaches_the_ingest_pod_without_restarting_it(demo: Demo) -> 
         what="streaming again",
     )
     assert ingest_pods(demo) == before  # no pod was restarted or replaced
+
+
+def test_a_secret_missing_a_key_or_its_consent_is_told_and_the_pod_streams_on(demo: Demo) -> None:
+    """Labelled but without a password key: SecretKeyMissing from the ingest pod (not AuthFailed from a
+    login-less try). Unlabelled: SecretNotPermitted from the operator, and the pod, refused the
+    Secret by RBAC, keeps streaming its other cameras."""
+    secrets = [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "half-login", "labels": {LABEL_CREDENTIALS: "true"}},
+            "stringData": {"username": "viewer"},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "no-consent"},
+            "stringData": {"username": "viewer", "password": "not-the-demo-password"},
+        },
+    ]
+    url = f"rtsp://{demo.info.host_ip}:{demo.rtsp_port}/pattern"
+    cameras = [
+        {
+            "apiVersion": "pantau.io/v1alpha1",
+            "kind": "Camera",
+            "metadata": {"name": name},
+            "spec": {
+                "siteRef": {"name": "kota-bengkulu"},
+                "source": {
+                    "url": url,
+                    "protocol": "rtsp",
+                    "maxSessions": 4,
+                    "credentialsSecretRef": {"name": secret},
+                },
+                "sampling": {"fps": 1},
+            },
+        }
+        for name, secret in (("half-cam", "half-login"), ("plain-cam", "no-consent"))
+    ]
+    items = {"apiVersion": "v1", "kind": "List", "items": secrets + cameras}
+    demo.kubectl("apply", "-f", "-", stdin=json.dumps(items))
+    try:
+
+        def ready(name: str) -> dict[str, Any]:
+            conditions = camera(demo, name).get("status", {}).get("conditions", [])
+            return next((c for c in conditions if c["type"] == "Ready"), {})
+
+        missing = wait_for(
+            lambda: (r := ready("half-cam")).get("reason") == "SecretKeyMissing" and r,
+            timeout=90,
+            what="half-cam SecretKeyMissing",
+        )
+        assert missing["status"] == "False"
+        assert "'password'" in missing["message"]
+        refused = wait_for(
+            lambda: (r := ready("plain-cam")).get("reason") == "SecretNotPermitted" and r,
+            timeout=60,
+            what="plain-cam SecretNotPermitted",
+        )
+        assert LABEL_CREDENTIALS in refused["message"]
+        # The pod serving them (kota-bengkulu's pool) still streams its other cameras.
+        wait_for(
+            lambda: demo.pod_reports().get("test-pattern", {}).get("state") == "Streaming",
+            timeout=30,
+            what="test-pattern still streaming",
+        )
+    finally:
+        demo.kubectl("delete", "camera", "half-cam", "plain-cam", "--ignore-not-found")
+        demo.kubectl("delete", "secret", "half-login", "no-consent", "--ignore-not-found")

@@ -62,26 +62,44 @@ class IngestApp:
         self.started_at = datetime.now(UTC)
         self.watching = False
 
-    async def _secret_value(self, name: str, key: str) -> str | None:
-        secret = await self.api.get("v1", "Secret", self.settings.namespace, name)
-        value = (secret or {}).get("data", {}).get(key)
-        return base64.b64decode(value).decode() if value is not None else None
+    async def _secret_data(self, name: str) -> dict[str, str] | None:
+        """A Secret's data; None when it is absent or this pod may not read it (the operator grants a
+        pool only the Secrets that exist and consent to its Site)."""
+        try:
+            secret = await self.api.get("v1", "Secret", self.settings.namespace, name)
+        except ApiError as exc:
+            if exc.status != 403:
+                raise
+            secret = None
+        return None if secret is None else dict(secret.get("data") or {})
 
     async def _credentials(self, spec: CameraSpec) -> Credentials | None:
-        """The camera's login and TLS CA from the Secrets it names (None: it names none)."""
+        """The camera's login and TLS CA from the Secrets it names (None: it names none), or the
+        reason they cannot serve it."""
         ref, tls = spec.source.credentials_secret_ref, spec.source.tls
         ca_ref = tls.ca_secret_ref if tls else None
-        if ref is None and ca_ref is None:
-            return None
-        user = password = ca = None
+        wanted: list[tuple[str, str, str, str]] = []  # (field, secret, key, the Camera field naming the key)
         if ref is not None:
-            user = await self._secret_value(ref.name, ref.username_key)
-            password = await self._secret_value(ref.name, ref.password_key)
-            if user is None or password is None:
-                user = password = None
+            wanted += [
+                ("username", ref.name, ref.username_key, "source.credentialsSecretRef.usernameKey"),
+                ("password", ref.name, ref.password_key, "source.credentialsSecretRef.passwordKey"),
+            ]
         if ca_ref is not None:
-            ca = await self._secret_value(ca_ref.name, ca_ref.key)
-        return Credentials(user, password, ca)
+            wanted.append(("tls_ca", ca_ref.name, ca_ref.key, "source.tls.caSecretRef.key"))
+        if not wanted:
+            return None
+        secrets = {name: await self._secret_data(name) for name in dict.fromkeys(w[1] for w in wanted)}
+        found: dict[str, str] = {}
+        for field, secret, key, where in wanted:
+            data = secrets[secret]
+            if data is None:
+                why = f"Secret {secret!r} cannot be read by this pod: it does not exist or does not consent"
+                return Credentials(problem=("SecretNotFound", why))
+            if key not in data:
+                why = f"Secret {secret!r} has no key {key!r}: add it, or name the right key in {where}"
+                return Credentials(problem=("SecretKeyMissing", why))
+            found[field] = base64.b64decode(data[key]).decode()
+        return Credentials(found.get("username"), found.get("password"), found.get("tls_ca"))
 
     async def apply(self, kind: str, obj: dict[str, Any]) -> None:
         name = obj["metadata"]["name"]

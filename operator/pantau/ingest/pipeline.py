@@ -51,6 +51,10 @@ class Credentials:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     tls_ca: str | None = field(default=None, repr=False)
+    # (reason, message with the fix) when the Secrets cannot serve the camera (SecretNotFound,
+    # SecretKeyMissing): the worker reports it and opens no session, rather than trying without a
+    # login and reporting AuthFailed.
+    problem: tuple[str, str] | None = None
 
 
 @dataclass
@@ -162,6 +166,11 @@ class CameraWorker:
 
     async def _run(self) -> None:
         failures = auth_failures = 0
+        if self.creds is not None and self.creds.problem is not None:
+            self.stats.state = "Failed"
+            self.stats.reason, self.stats.message = self.creds.problem
+            log.warning("camera %s: %s", self.name, self.creds.problem[1])
+            return  # the pod's Secret refresh starts a new worker once the Secret is fixed
         while True:
             if self.spec.paused:
                 self.stats.state, self.stats.reason = "Stopped", "Paused"

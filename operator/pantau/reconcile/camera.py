@@ -17,7 +17,14 @@ from pantau.reconcile.facts import JSON, Event, ObjectFacts, PodFacts, SecretFac
 from pantau.reconcile.status import Verdict, condition, dump, merge, observed_condition, observed_conditions
 
 # Problems the user must fix: told once by a Warning Event, when they appear.
-PROBLEMS: Final = ("SecretNotFound", "SecretNotPermitted", "InvalidSpec", "SiteNotFound", "SessionLimit")
+PROBLEMS: Final = (
+    "SecretNotFound",
+    "SecretNotPermitted",
+    "SecretKeyMissing",
+    "InvalidSpec",
+    "SiteNotFound",
+    "SessionLimit",
+)
 # A pod not created yet in a pool this young is expected shortly: its Cameras' PodNotReady waits.
 POD_START_GRACE: Final = 60.0
 # Streaming counters change with every frame: written when streaming starts or stops, or when the
@@ -118,7 +125,7 @@ def plan_camera(
     status = {k: v for k, v in status.items() if v is not None}
     events = _reassigned(camera, pod) + _told(camera, find_condition(conditions, "Ready"))
     coming = pod_coming(pod, verdict, pool, now)
-    failed = verdict.reason in ("SecretNotFound", "SecretNotPermitted", "SessionLimit")
+    failed = verdict.reason in ("SecretNotFound", "SecretNotPermitted", "SecretKeyMissing", "SessionLimit")
     return CameraPlan(pod, None if coming else status, events, verdict.ok, failed)
 
 

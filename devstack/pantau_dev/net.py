@@ -1,8 +1,10 @@
-"""Loopback ports for the local stack."""
+"""Ports and health probes of the local stack."""
 
 from __future__ import annotations
 
 import socket
+
+import httpx
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -18,4 +20,12 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         with socket.create_connection((host, port), timeout=timeout):
             return True
     except OSError:
+        return False
+
+
+def http_ok(url: str) -> bool:
+    """Whether a component's health endpoint answers 200 (plain HTTP, or its self-signed HTTPS)."""
+    try:
+        return httpx.get(url, timeout=2, verify=False).status_code == 200  # noqa: S501 - local health only
+    except httpx.HTTPError:
         return False

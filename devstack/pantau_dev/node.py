@@ -39,7 +39,7 @@ import psutil
 import yaml
 
 from pantau_dev.images import built_images
-from pantau_dev.net import free_port
+from pantau_dev.net import free_port, http_ok
 from pantau_dev.pki import Pki
 from pantau_dev.procs import ProcessRecord, ProcessTable, StackError, wait_for, write_json
 from pantau_dev.settings import DevSettings
@@ -280,10 +280,10 @@ class RealNode:
         return proxy, dns
 
     def proxy_ready(self) -> bool:
-        return _http_ok(f"http://127.0.0.1:{self._node_ports()['proxy_healthz']}/healthz")
+        return http_ok(f"http://127.0.0.1:{self._node_ports()['proxy_healthz']}/healthz")
 
     def dns_ready(self) -> bool:
-        return _http_ok(f"http://127.0.0.1:{self._node_ports()['dns_ready']}/ready")
+        return http_ok(f"http://127.0.0.1:{self._node_ports()['dns_ready']}/ready")
 
     def _write_proxy_config(self, api_port: int, ports: dict[str, int]) -> Path:
         config = {
@@ -767,13 +767,6 @@ def _kube_dns(service_ip: str, node_ip: str) -> list[tuple[str, dict[str, Any]]]
         ("/api/v1/namespaces/kube-system/services", service),
         ("/apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices", slice_),
     ]
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 # ----- host plumbing -----

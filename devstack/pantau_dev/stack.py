@@ -24,7 +24,7 @@ import psutil
 import yaml
 from pydantic import BaseModel
 
-from pantau_dev.net import free_port, port_open
+from pantau_dev.net import free_port, http_ok, port_open
 from pantau_dev.node import RealNode
 from pantau_dev.pki import Pki
 from pantau_dev.procs import ProcessRecord, ProcessTable, StackError, wait_for, write_json
@@ -118,7 +118,7 @@ class DevStack:
             else None
         )
         wait_for(
-            lambda: _http_ok(f"http://127.0.0.1:{ports['etcd_client']}/health"),
+            lambda: http_ok(f"http://127.0.0.1:{ports['etcd_client']}/health"),
             timeout=timeout,
             what="etcd",
             record=etcd,
@@ -142,7 +142,7 @@ class DevStack:
         self._ensure_kwok_nodes(ports)
         for rec, port in ((kcm, ports["controller_manager"]), (sched, ports["scheduler"])):
             wait_for(
-                lambda p=port: _http_ok(f"https://127.0.0.1:{p}/healthz"),  # type: ignore[misc]
+                lambda p=port: http_ok(f"https://127.0.0.1:{p}/healthz"),  # type: ignore[misc]
                 timeout=timeout,
                 what=f"{rec.name} /healthz",
                 record=rec,
@@ -174,7 +174,7 @@ class DevStack:
         if jaeger is not None:
             wait_for(
                 lambda: (
-                    _http_ok(f"http://{self.host_ip}:{ports['jaeger_query']}/api/services")
+                    http_ok(f"http://{self.host_ip}:{ports['jaeger_query']}/api/services")
                     and port_open(self.host_ip, ports["jaeger_otlp_grpc"])
                 ),
                 timeout=timeout,
@@ -183,7 +183,7 @@ class DevStack:
             )
         if triton is not None:
             wait_for(
-                lambda: _http_ok(f"http://{self.host_ip}:{ports['triton_http']}/v2/health/ready"),
+                lambda: http_ok(f"http://{self.host_ip}:{ports['triton_http']}/v2/health/ready"),
                 timeout=timeout,
                 what="triton /v2/health/ready",
                 record=triton,
@@ -558,10 +558,3 @@ def _ssl_context(pki: Pki) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
     ctx.load_cert_chain(str(pki.cert(ADMIN_USER)), str(pki.key(ADMIN_USER)))
     return ctx
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2, verify=False).status_code == 200  # noqa: S501 - loopback health only
-    except httpx.HTTPError:
-        return False

@@ -218,10 +218,20 @@ def test_client_retries_while_triton_is_unreachable(
             )
             async with Detector(settings) as detector:
                 assert await detector.detect(footage[1])
+                assert detector.health.reachable
+                assert detector.health.model_ready
+                first_success = detector.health.last_success
                 proxy.reset()  # every connection refused with RST: UNAVAILABLE, retried, then given up
                 with pytest.raises(InferenceError) as failed:
                     await detector.detect(footage[1])
-                assert failed.value.reason == "TritonUnavailable"
+                assert failed.value.reason == "InferenceUnavailable"
+                # The health the pod reports is what the calls said: unreachable, readiness unknown.
+                assert not detector.health.reachable
+                assert detector.health.model_ready is None
+                assert detector.health.last_success == first_success
+                assert detector.health.last_error
+                assert "InferenceUnavailable" in detector.health.last_error
+                assert not await detector.check()
                 proxy.pass_through()
                 # The same client recovers once its channel reconnects (back-off capped at 2 s).
                 loop = asyncio.get_running_loop()
@@ -233,8 +243,35 @@ def test_client_retries_while_triton_is_unreachable(
                     except InferenceError:
                         if loop.time() > deadline:
                             raise
+                assert detector.health.reachable
+                assert await detector.check()
 
         asyncio.run(run())
+
+
+def test_client_health_tells_a_missing_model_from_an_unreachable_server(triton_models: str) -> None:
+    """A model the server does not have: the server is reached, the model is not ready, and the pod
+    waits for it as for an outage (InferenceUnavailable), never failing for good."""
+
+    async def run() -> None:
+        async with Detector(ClientSettings(url=triton_models, model="no-such-model"), input_size=None) as d:
+            with pytest.raises(InferenceError) as failed:
+                await d.ensure_ready()
+            assert failed.value.reason == "InferenceUnavailable"
+            assert d.health.model_ready is False
+            assert not await d.check()
+            assert d.health.model_ready is False
+            assert d.health.last_error
+            assert "no-such-model" in d.health.last_error
+        async with Detector(ClientSettings(url=triton_models), input_size=None) as d:
+            await d.ensure_ready()
+            assert d.input_size == 416
+            assert await d.check()
+            assert d.health.reachable
+            assert d.health.model_ready
+            assert d.health.last_success is not None
+
+    asyncio.run(run())
 
 
 def run_detect(stack: DevStack, *args: str) -> subprocess.CompletedProcess[str]:
@@ -283,4 +320,4 @@ def test_detect_command_errors_are_clear(dev_stack: DevStack, tmp_path: Path) ->
     junk.write_bytes(b"not an image")
     unreachable = run_detect(dev_stack, str(junk), "--triton", "127.0.0.1:1")
     assert unreachable.returncode == 1
-    assert "TritonUnavailable" in unreachable.stderr
+    assert "InferenceUnavailable" in unreachable.stderr

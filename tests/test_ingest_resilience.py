@@ -17,6 +17,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import threading
 import time
 import uuid
@@ -453,12 +454,12 @@ async def test_triton_down_for_30_s_drops_frames_and_recovers(
             await asyncio.to_thread(spare_triton.stop)  # SIGTERM; returns once the process is gone
             stopped = time.monotonic()
             await until(
-                lambda: worker.stats.reason == "TritonUnavailable",
+                lambda: worker.stats.reason == "InferenceUnavailable",
                 within=15,
-                what="TritonUnavailable shown",
+                what="InferenceUnavailable shown",
                 worker=worker,
             )
-            noticed = next(at for at, _, r in timeline.changes if r == "TritonUnavailable") - signalled
+            noticed = next(at for at, _, r in timeline.changes if r == "InferenceUnavailable") - signalled
             processed = worker.stats.frames_processed
             await asyncio.sleep(TRITON_OUTAGE - (time.monotonic() - stopped))
             during = worker.stats.frames_processed - processed
@@ -474,22 +475,152 @@ async def test_triton_down_for_30_s_drops_frames_and_recovers(
                 worker=worker,
             )
             recovered = time.monotonic() - ready
-    unavailable = dropped.get("TritonUnavailable", 0) + dropped.get("Timeout", 0)
+    unavailable = dropped.get("InferenceUnavailable", 0) + dropped.get("Timeout", 0)
     record_property("triton_dropped", dropped)
     record_property("triton_recovered_s", round(recovered, 2))
     print(
-        f"triton: exited {stopped - signalled:.2f} s after SIGTERM, TritonUnavailable shown "
+        f"triton: exited {stopped - signalled:.2f} s after SIGTERM, InferenceUnavailable shown "
         f"{noticed:.2f} s after SIGTERM; dropped until {TRITON_OUTAGE:g} s after the exit: {dropped}; "
         f"processed then: {during}; frames again {recovered:.2f} s after Triton was ready"
     )
-    assert reason_at_end == "TritonUnavailable"
+    assert reason_at_end == "InferenceUnavailable"
     assert during == 0
     # Triton shutting down (its model unloading) is part of the outage too, never InferenceFailed.
-    assert set(dropped) <= {"TritonUnavailable", "Timeout", "QueueFull"}
+    assert set(dropped) <= {"InferenceUnavailable", "Timeout", "QueueFull"}
     # Every sample is dropped one way or the other: refused by Triton, or pushed out of the queue
     # while an earlier one was being retried.
     assert unavailable >= 10
     assert recovered <= 15  # the gRPC channel's reconnect back-off is capped at 2 s
+
+
+@contextlib.asynccontextmanager
+async def ingest_app(
+    triton: str, model: str, kube: KubeApi, events: Path
+) -> AsyncIterator[tuple[IngestApp, httpx.AsyncClient]]:
+    """An IngestApp as `pantau ingest` runs it (a Detector not yet connected, the Triton watch, the
+    health checks), its stall limit set to 2 s; and a client of its endpoints."""
+    settings = IngestSettings(
+        pod_name="pool-kota-0",
+        namespace="bengkulu",
+        site="kota",
+        triton_address=triton,
+        model=model,
+        triton_check=1.0,
+        stall_timeout=2.0,
+    )
+    detector = Detector(ClientSettings(url=triton, model=model), input_size=None)
+    async with detector, JsonLinesSink(events, name="events") as sink:
+        app = IngestApp(settings, kube, pod_context(detector, sink))
+        app.tasks = [asyncio.create_task(app.watch_triton(), name="watch-triton")]
+        server = IngestServer(app.snapshot, ready=lambda: True, healthy=app.healthy, port=0)
+        try:
+            async with server, httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+                yield app, http
+        finally:
+            for task in app.tasks:
+                task.cancel()
+            await asyncio.gather(*app.tasks, return_exceptions=True)
+            for worker in list(app.workers.values()):
+                await worker.stop()
+
+
+async def poll_endpoint(
+    http: httpx.AsyncClient, path: str, check: Callable[[httpx.Response], bool], within: float
+) -> JSON:
+    """GET `path` until `check` accepts the response; the last response's JSON (or {})."""
+    deadline = time.monotonic() + within
+    while True:
+        response = await http.get(path)
+        if check(response):
+            return dict(response.json()) if path == "/status" else {}
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"{path}: not as wanted within {within:g} s: {response.status_code} {response.text[:300]}"
+            )
+        await asyncio.sleep(0.1)
+
+
+def status_ok(response: httpx.Response) -> bool:
+    return response.status_code == 200
+
+
+async def test_status_and_healthz_tell_what_the_calls_found(
+    spare_triton: SpareTriton,
+    rtsp: RtspCameraServer,
+    dev_stack: DevStack,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """/status's Triton part comes from real calls, its sinks part from the sinks, and /healthz fails
+    while a frame is stuck (Triton frozen with SIGSTOP: each call waits out its 5 s deadline, over the
+    2 s stall limit), then passes again once Triton thaws. A pod whose model is missing waits, saying
+    so (InferenceUnavailable, model not ready), and is not unhealthy for it."""
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(dev_stack.kubeconfig))
+    record = spare_triton.table.running(spare_triton.NAME)
+    assert record is not None
+    camera: JSON = {
+        "metadata": {"name": "pasar", "uid": str(uuid.uuid4()), "labels": {LABEL_SHARD: "pool-kota-0"}},
+        "spec": camera_spec(rtsp.url("/live")),
+    }
+    kube = KubeApi.from_environment("pantau-ingest")
+    try:
+        async with ingest_app(spare_triton.grpc, "no-such-model", kube, tmp_path / "none.jsonl") as (
+            app,
+            http,
+        ):
+            await app.apply("ADDED", camera)
+            waiting = app.workers["pasar"]
+            await until(
+                lambda: waiting.stats.reason == "InferenceUnavailable",
+                within=10,
+                what="no model",
+                worker=waiting,
+            )
+            report = await poll_endpoint(http, "/status", status_ok, 5)
+            assert report["triton"]["model_ready"] is False
+            assert "no-such-model" in report["triton"]["last_error"]
+            assert report["cameras"][0]["state"] != "Streaming"
+            await poll_endpoint(http, "/healthz", status_ok, 1)  # waiting for a model is no stall
+
+        async with ingest_app(spare_triton.grpc, contract.MODEL, kube, tmp_path / "events.jsonl") as (
+            app,
+            http,
+        ):
+            await app.apply("ADDED", camera)
+            worker = app.workers["pasar"]
+            await until(lambda: streaming_past(worker, 3), within=60, what="streaming", worker=worker)
+            report = await poll_endpoint(http, "/status", status_ok, 5)
+            assert report["triton"]["reachable"] is True
+            assert report["triton"]["model_ready"] is True
+            assert report["triton"]["last_success"] is not None
+            assert report["cameras"][0]["last_frame_time"] is not None
+            assert [s["name"] for s in report["sinks"]] == ["events"]
+            assert report["sinks"][0]["published"] >= 3
+            await poll_endpoint(http, "/healthz", status_ok, 1)
+
+            os.killpg(record.pid, signal.SIGSTOP)
+            frozen = time.monotonic()
+            try:
+                await poll_endpoint(http, "/healthz", lambda r: r.status_code == 503, 15)
+                failed_after = time.monotonic() - frozen
+                report = await poll_endpoint(
+                    http, "/status", lambda r: r.json()["triton"]["reachable"] is False, 15
+                )
+                assert report["triton"]["last_error"]
+            finally:
+                os.killpg(record.pid, signal.SIGCONT)
+            thawed = time.monotonic()
+            await poll_endpoint(http, "/healthz", status_ok, 30)
+            processed = worker.stats.frames_processed
+            await until(lambda: streaming_past(worker, processed + 2), within=30, what="again", worker=worker)
+            report = await poll_endpoint(http, "/status", status_ok, 5)
+            assert report["triton"]["reachable"] is True
+            print(
+                f"stuck Triton: /healthz failed {failed_after:.1f} s after SIGSTOP; "
+                f"frames again {time.monotonic() - thawed:.1f} s after SIGCONT"
+            )
+    finally:
+        await kube.aclose()
 
 
 # ----- webhook down for 60 s -------------------------------------------------------------------------------

@@ -114,12 +114,12 @@ def test_backoff_with_auth_failed_makes_the_camera_not_ready() -> None:
 
 
 def test_streaming_with_triton_unavailable_is_streaming_but_not_ready() -> None:
-    got = report_verdict(report("a", reason="TritonUnavailable", message="Triton is down"), POD)
+    got = report_verdict(report("a", reason="InferenceUnavailable", message="Triton is down"), POD)
     assert got == (
         Verdict(True, "Streaming", f"frames arrive at pod {POD}"),
-        Verdict(False, "TritonUnavailable", "Triton is down"),
+        Verdict(False, "InferenceUnavailable", "Triton is down"),
     )
-    plan = plan_camera(cam("a"), pool({POD: True}), report("a", reason="TritonUnavailable"), NOW)
+    plan = plan_camera(cam("a"), pool({POD: True}), report("a", reason="InferenceUnavailable"), NOW)
     assert plan.status is not None
     assert ready_condition(plan.status)["status"] == "False"
     assert plan.status["streaming"] is True
@@ -135,6 +135,32 @@ def test_a_report_is_not_read_while_the_pod_is_not_ready() -> None:
     assert plan.status is not None
     assert ready_condition(plan.status)["reason"] == "PodNotReady"
     assert "Streaming" not in {c["type"] for c in plan.status["conditions"]}
+
+
+def test_a_ready_pod_without_a_report_makes_the_camera_unknown_never_ready() -> None:
+    was_ready = cam(
+        "a",
+        status={
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "Streaming",
+                    "message": "m",
+                    "lastTransitionTime": "2026-11-29T09:00:00Z",
+                }
+            ]
+        },
+    )
+    plan = plan_camera(was_ready, pool({POD: True}), None, NOW)
+    assert plan.status is not None
+    conditions = {c["type"]: c for c in plan.status["conditions"]}
+    assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == ("Unknown", "NoReport")
+    assert (conditions["Streaming"]["status"], conditions["Streaming"]["reason"]) == ("Unknown", "NoReport")
+    assert POD in conditions["Ready"]["message"]
+    assert plan.status["reason"] == "NoReport"
+    assert not plan.ready
+    assert not plan.failed  # nothing for the user to fix: the next report decides
 
 
 def test_counters_are_written_when_streaming_flips_or_they_are_old() -> None:

@@ -59,4 +59,4 @@ def test_raising_the_budget_gives_the_camera_its_session() -> None:
     cameras = [cam("a", url=SAME, max_sessions=2), cam("b", url=SAME, max_sessions=2)]
     plan = plan_site(observe(site(), cameras, pods), SETTINGS, NOW)
     assert plan.camera_labels == {"a": f"{POOL}-0", "b": f"{POOL}-0"}
-    assert ready_condition(plan.camera_status["b"])["reason"] == "PodReady"
+    assert ready_condition(plan.camera_status["b"])["reason"] == "NoReport"  # ready pod, no report yet

@@ -28,9 +28,9 @@ def test_plan_assigns_every_camera_and_builds_the_pool() -> None:
     assert set(plan.camera_labels.values()) == {f"{POOL}-0", f"{POOL}-1"}
     for name, status in plan.camera_status.items():
         assert status["pod"] == plan.camera_labels[name]
-        assert ready_condition(status)["reason"] == "PodReady"
-        assert "reason" not in status
-    assert plan.site_status["cameras"] == {"total": 10, "ready": 10, "streaming": 0, "failed": 0}
+        assert ready_condition(status)["reason"] == "NoReport"  # the pods are ready, not reporting yet
+        assert status["reason"] == "NoReport"
+    assert plan.site_status["cameras"] == {"total": 10, "ready": 0, "streaming": 0, "failed": 0}
     assert plan.site_status["pods"] == {"desired": 2, "ready": 2}
     rules = plan.children[1]["rules"]
     assert [r.get("resourceNames") for r in rules if "secrets" in r["resources"]] == [["creds"]]
@@ -67,7 +67,7 @@ def test_a_secret_is_used_only_with_its_consent_for_the_site() -> None:
     assert f"label it {LABEL_CREDENTIALS}=true" in a["message"]
     assert b["reason"] == "SecretNotPermitted"
     assert f"add 'alun' to its {ANNOTATION_CREDENTIALS_SITES} annotation" in b["message"]
-    assert ready_condition(plan.camera_status["c"])["reason"] == "PodReady"
+    assert ready_condition(plan.camera_status["c"])["reason"] == "NoReport"  # permitted; no report yet
     rules = plan.children[1]["rules"]
     assert [r.get("resourceNames") for r in rules if "secrets" in r["resources"]] == [["ours"]]
     assert sorted((e.name, e.reason) for e in plan.events) == [
@@ -157,7 +157,7 @@ def test_ingest_reports_become_reasons() -> None:
     reports = {
         "ok": report("ok", fps=2.0, frames_processed=10),
         "auth": report("auth", "Backoff", reason="AuthFailed", message="401 from the camera"),
-        "triton": report("triton", reason="TritonUnavailable", message="Triton is down"),
+        "triton": report("triton", reason="InferenceUnavailable", message="Triton is down"),
     }
     cameras = [cam(n) for n in reports]
     plan = plan_site(observe(site(), cameras, {f"{POOL}-0": True}), SETTINGS, NOW, reports)
@@ -168,9 +168,9 @@ def test_ingest_reports_become_reasons() -> None:
     assert got == {
         "ok": ("True", "Streaming", True),
         "auth": ("False", "AuthFailed", False),
-        "triton": ("False", "TritonUnavailable", True),
+        "triton": ("False", "InferenceUnavailable", True),
     }
     assert plan.camera_status["auth"]["reason"] == "AuthFailed"
-    assert plan.camera_status["triton"]["reason"] == "TritonUnavailable"
+    assert plan.camera_status["triton"]["reason"] == "InferenceUnavailable"
     assert plan.camera_status["ok"]["framesProcessed"] == 10
     assert plan.site_status["cameras"]["ready"] == 1

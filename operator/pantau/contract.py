@@ -104,6 +104,11 @@ class IngestSettings(BaseSettings):
     auth_backoff: float = Field(default=60.0, gt=0, validation_alias=_env("PANTAU_INGEST_AUTH_BACKOFF"))
     secret_refresh: float = Field(default=60.0, gt=0, validation_alias=_env("PANTAU_INGEST_SECRET_REFRESH"))
     max_batch: int = Field(default=8, ge=1, validation_alias=_env("PANTAU_INGEST_MAX_BATCH"))
+    # Seconds between readiness checks of Triton while no inference has told how it is.
+    triton_check: float = Field(default=5.0, gt=0, validation_alias=_env("PANTAU_INGEST_TRITON_CHECK"))
+    # A frame in processing for longer than this means the pipeline is stuck: /healthz fails, so the
+    # kubelet restarts the container. Above the longest legitimate wait (Triton's deadline times its retries).
+    stall_timeout: float = Field(default=60.0, gt=0, validation_alias=_env("PANTAU_INGEST_STALL_TIMEOUT"))
 
     @field_validator("camera_defaults", "event_sinks", mode="before")
     @classmethod
@@ -212,9 +217,15 @@ class CameraStatusReport(_Report):
 
 
 class TritonReport(_Report):
+    """The pod's Triton as its real calls (inferences and readiness checks) found it."""
+
     address: str
-    reachable: bool
+    reachable: bool  # the latest call was answered
     model: str | None = None
+    model_ready: bool | None = None  # None: no answer has told yet
+    last_success: AwareDatetime | None = None
+    last_error: Annotated[Redacted, AfterValidator(_short)] | None = None
+    last_error_time: AwareDatetime | None = None
 
 
 class SinkStats(_Report):

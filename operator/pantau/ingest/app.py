@@ -20,7 +20,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from pantau import telemetry
-from pantau.contract import LABEL_SHARD, CameraStatusReport, IngestSettings, LatencySummary, PodStatusReport
+from pantau.contract import (
+    LABEL_SHARD,
+    CameraStatusReport,
+    IngestSettings,
+    LatencySummary,
+    PodStatusReport,
+    SinkStats,
+    TritonReport,
+)
 from pantau.ingest.events import EventSink, JsonLinesSink, MultiSink, WebhookSink
 from pantau.ingest.latency import LatencyHistogram
 from pantau.ingest.pipeline import CameraStats, CameraWorker, Credentials, PodContext
@@ -61,6 +69,7 @@ class IngestApp:
         self.workers: dict[str, CameraWorker] = {}
         self.started_at = datetime.now(UTC)
         self.watching = False
+        self.tasks: list[asyncio.Task[None]] = []
 
     async def _secret_data(self, name: str) -> dict[str, str] | None:
         """A Secret's data; None when it is absent or this pod may not read it (the operator grants a
@@ -158,6 +167,55 @@ class IngestApp:
                         self.workers[name] = fresh
                         fresh.start()
 
+    async def watch_triton(self) -> None:
+        """Keep the Triton health in /status current while no frame does: a readiness check (a real
+        call) whenever the last inference is older than `triton_check` seconds or failed since."""
+        detector = self.ctx.detector
+        while True:
+            health = detector.health
+            last = health.last_success
+            if (
+                not health.reachable
+                or last is None
+                or (datetime.now(UTC) - last).total_seconds() > (self.settings.triton_check)
+            ):
+                with contextlib.suppress(InferenceError):
+                    await detector.ensure_ready()
+                await detector.check()
+            await asyncio.sleep(self.settings.triton_check)
+
+    def problems(self) -> list[str]:
+        """Why the pod is not healthy (empty: it is): a stuck camera pipeline, or a loop that died."""
+        found = [
+            f"camera {name}: {why}"
+            for name, w in sorted(self.workers.items())
+            if (why := w.stalled(self.settings.stall_timeout)) is not None
+        ]
+        found += [f"task {t.get_name()} ended" for t in self.tasks if t.done()]
+        return found
+
+    def healthy(self) -> bool:
+        problems = self.problems()
+        if problems:
+            log.warning("unhealthy: %s", "; ".join(problems))
+        return not problems
+
+    def _triton(self) -> TritonReport:
+        health = self.ctx.detector.health
+        return TritonReport(
+            address=self.settings.triton_address,
+            reachable=health.reachable,
+            model=self.settings.model,
+            model_ready=health.model_ready,
+            last_success=health.last_success,
+            last_error=health.last_error,
+            last_error_time=health.last_error_at,
+        )
+
+    def _sinks(self) -> list[SinkStats]:
+        sink = self.ctx.sink
+        return sink.per_sink() if isinstance(sink, MultiSink) else [sink.stats]
+
     def snapshot(self) -> PodStatusReport:
         cameras = []
         for name, w in sorted(self.workers.items()):
@@ -184,7 +242,8 @@ class IngestApp:
             shard=self.settings.shard,
             started_at=self.started_at,
             cameras=cameras,
-            triton={"address": self.settings.triton_address, "reachable": True},
+            triton=self._triton(),
+            sinks=self._sinks(),
         )
 
     def latency(self) -> dict[str, LatencyHistogram]:
@@ -197,17 +256,12 @@ class IngestApp:
 async def main(settings: IngestSettings) -> None:
     provider = telemetry.setup_tracing("pantau-ingest", {"pantau.site": settings.site})
     api = KubeApi.from_environment("pantau-ingest")
-    detector: Detector | None = None
-    while detector is None:  # the pod is not ready until Triton answers
-        try:
-            detector = await Detector.connect(
-                ClientSettings(
-                    url=settings.triton_address, model=settings.model, max_batch=settings.max_batch
-                )
-            )
-        except InferenceError as exc:
-            log.warning("Triton at %s: %s; retrying", settings.triton_address, exc.reason)
-            await asyncio.sleep(2)
+    # Not connected yet: the pod serves and reports at once; while Triton or its model is missing its
+    # cameras say InferenceUnavailable and /status says what the checks found.
+    detector = Detector(
+        ClientSettings(url=settings.triton_address, model=settings.model, max_batch=settings.max_batch),
+        input_size=None,
+    )
     ctx = PodContext(
         namespace=settings.namespace,
         site=settings.site,
@@ -233,12 +287,16 @@ async def main(settings: IngestSettings) -> None:
         settings.port,
         app.snapshot,
         ready=lambda: app.watching,
-        healthy=lambda: True,
+        healthy=app.healthy,
         latency=app.latency,
     )
-    tasks = [asyncio.create_task(app.watch()), asyncio.create_task(app.refresh_secrets())]
+    app.tasks = [
+        asyncio.create_task(app.watch(), name="watch-cameras"),
+        asyncio.create_task(app.refresh_secrets(), name="refresh-secrets"),
+        asyncio.create_task(app.watch_triton(), name="watch-triton"),
+    ]
     await stop.wait()
-    for t in tasks:
+    for t in app.tasks:
         t.cancel()
     await asyncio.gather(*(w.stop() for w in app.workers.values()), return_exceptions=True)
     await server.aclose()

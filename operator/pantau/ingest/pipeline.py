@@ -92,6 +92,8 @@ class CameraStats:
     # Seconds the worker waits before its next connection attempt; None while an attempt or a
     # session is under way. Shows the back-off (and the AuthFailed floor) actually applied.
     retry_delay: float | None = None
+    # time.monotonic() when the frame now in processing was taken from the queue; None: none is.
+    busy_since: float | None = None
 
     def fps(self, window: float = 60.0) -> float:
         """Processed frames per second over the last `window` seconds (or since the first)."""
@@ -127,6 +129,17 @@ class CameraWorker:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"camera-{self.name}")
+
+    def stalled(self, limit: float) -> str | None:
+        """Why this worker counts as stuck (a frame in processing for over `limit` seconds, or its task
+        died of an unexpected error), or None."""
+        task = self._task
+        if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
+            return f"its task died: {type(task.exception()).__name__}"
+        busy = self.stats.busy_since
+        if busy is not None and time.monotonic() - busy > limit:
+            return f"one frame in processing for {time.monotonic() - busy:.0f} s"
+        return None
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -179,7 +192,7 @@ class CameraWorker:
             try:
                 await self._stream()
                 failures = auth_failures = 0  # a clean end (file done): start again promptly
-            except SourceError as exc:
+            except (SourceError, InferenceError) as exc:
                 if self._samples > samples:
                     # The session delivered frames: this failure starts a new outage, so the back-off
                     # starts over (otherwise every outage in a worker's life would wait longer).
@@ -202,8 +215,10 @@ class CameraWorker:
         failure: asyncio.Future[SourceError] = loop.create_future()
         stop = threading.Event()
         self._session += 1
-        self.stats.sessions_opened += 1
         self.stats.retry_delay = None
+        # No session while the model cannot be asked (its input size unknown): InferenceUnavailable.
+        await self.ctx.detector.ensure_ready()
+        self.stats.sessions_opened += 1
         size = self.ctx.detector.input_size
 
         def offer(sample: Sample) -> None:
@@ -247,7 +262,11 @@ class CameraWorker:
                 if failure in done:
                     get.cancel()
                     raise failure.result()
-                await self._process(get.result())
+                self.stats.busy_since = time.monotonic()
+                try:
+                    await self._process(get.result())
+                finally:
+                    self.stats.busy_since = None
         finally:
             stop.set()
             if opened:  # wakes a read() blocked on the network; the camera's session ends now

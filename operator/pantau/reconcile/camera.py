@@ -126,7 +126,7 @@ def plan_camera(
     events = _reassigned(camera, pod) + _told(camera, find_condition(conditions, "Ready"))
     coming = pod_coming(pod, verdict, pool, now)
     failed = verdict.reason in ("SecretNotFound", "SecretNotPermitted", "SecretKeyMissing", "SessionLimit")
-    return CameraPlan(pod, None if coming else status, events, verdict.ok, failed)
+    return CameraPlan(pod, None if coming else status, events, verdict.ok is True, failed)
 
 
 def _wanted(
@@ -144,7 +144,12 @@ def _wanted(
         return [condition("Assigned", verdict, gen, now), condition("Ready", verdict, gen, now)], verdict
     wanted = [condition("Assigned", Verdict(True, "Assigned", f"assigned to pod {pod}"), gen, now)]
     verdict = pod_verdict(camera.spec, pod, pool)
-    if verdict.ok and report is not None:
+    if verdict.ok and report is None:
+        # The pod is ready but said nothing about this camera in this pass (no answer, a report
+        # that did not parse, or the camera not started yet): whether it streams is unknown.
+        verdict = Verdict(None, "NoReport", f"ingest pod {pod} has not reported this camera")
+        wanted.append(condition("Streaming", verdict, gen, now))
+    elif verdict.ok and report is not None:
         streaming, verdict = report_verdict(report, pod)
         wanted.append(condition("Streaming", streaming, gen, now))
     wanted.append(condition("Ready", verdict, gen, now))
@@ -176,7 +181,7 @@ def pod_verdict(spec: CameraSpec, pod: str, pool: PoolView) -> Verdict:
 
 def report_verdict(report: CameraStatusReport, pod: str) -> tuple[Verdict, Verdict]:
     """(Streaming, Ready) as the ingest pod reports them. Frames may arrive and still not be
-    analysed (e.g. TritonUnavailable): streaming, yet not ready."""
+    analysed (e.g. InferenceUnavailable): streaming, yet not ready."""
     if not report.streaming:
         stopped = Verdict(
             False, report.reason or "NotStreaming", report.message or f"camera is {report.state.lower()}"

@@ -11,9 +11,10 @@ from pantau.reconcile.facts import JSON
 
 
 class Verdict(NamedTuple):
-    """One condition's worth of decision: is it fine, and the reason and message saying why."""
+    """One condition's worth of decision: is it fine (None: nobody can tell), and the reason and
+    message saying why."""
 
-    ok: bool
+    ok: bool | None
     reason: str
     message: str
 
@@ -21,7 +22,7 @@ class Verdict(NamedTuple):
 def condition(type_: str, verdict: Verdict, generation: int, now: datetime) -> Condition:
     return Condition(
         type=type_,
-        status="True" if verdict.ok else "False",
+        status="Unknown" if verdict.ok is None else "True" if verdict.ok else "False",
         reason=verdict.reason,
         message=verdict.message,
         last_transition_time=now,

@@ -15,6 +15,7 @@ import contextlib
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Literal
 
 import av
@@ -26,13 +27,14 @@ from pantau.triton import contract, yolox
 
 Wire = Literal["uint8", "jpeg"]
 NO_MODEL_VERSION = "has no available versions"  # Triton: "Request for unknown model: 'x' has no ..."
+UNKNOWN_MODEL = "unknown model"  # Triton: "Request for unknown model: 'x' is not found"
 
 
 class InferenceError(RuntimeError):
     """A frame could not be detected; `reason` is a status-condition style word."""
 
     def __init__(
-        self, reason: Literal["TritonUnavailable", "Timeout", "InferenceFailed"], message: str
+        self, reason: Literal["InferenceUnavailable", "Timeout", "InferenceFailed"], message: str
     ) -> None:
         super().__init__(f"{reason}: {message}")
         self.reason = reason
@@ -77,6 +79,34 @@ class Prepared:
 
 
 @dataclass
+class TritonHealth:
+    """What the client's real calls to Triton said last: every inference and every check counts.
+    `reachable` is the verdict of the latest call; `model_ready` of the latest call that could tell."""
+
+    model_ready: bool | None = None  # None: no call has told yet
+    last_success: datetime | None = None
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+
+    @property
+    def reachable(self) -> bool:
+        if self.last_success is None:
+            return False
+        return self.last_error_at is None or self.last_success >= self.last_error_at
+
+    def succeeded(self) -> None:
+        self.model_ready, self.last_success = True, datetime.now(UTC)
+
+    def failed(self, error: InferenceError, *, model_ready: bool | None = None) -> None:
+        """A failed call; `model_ready` when its answer told (False: the server lacks the model)."""
+        self.last_error, self.last_error_at = str(error), datetime.now(UTC)
+        if model_ready is not None:
+            self.model_ready = model_ready
+        elif error.reason == "InferenceUnavailable":
+            self.model_ready = None  # no answer: nobody can tell
+
+
+@dataclass
 class _Pending:
     frame: Prepared
     future: asyncio.Future[list[contract.Detection]] = field(repr=False)
@@ -84,11 +114,15 @@ class _Pending:
 
 
 class Detector:
-    def __init__(self, settings: ClientSettings, input_size: int = 416) -> None:
+    """`input_size` None: read from the model's metadata by the first `ensure_ready` (so a pod can start
+    while Triton or its model is not there yet); `health` records what each real call said."""
+
+    def __init__(self, settings: ClientSettings, input_size: int | None = 416) -> None:
         if settings.max_batch > contract.MAX_BATCH:
             raise ValueError(f"max_batch {settings.max_batch} exceeds the model's {contract.MAX_BATCH}")
         self.settings = settings
-        self.input_size = input_size
+        self._input_size = input_size
+        self.health = TritonHealth()
         self._client = _channel(settings)
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._slots = asyncio.Semaphore(settings.max_in_flight)
@@ -98,15 +132,50 @@ class Detector:
     @classmethod
     async def connect(cls, settings: ClientSettings) -> Detector:
         """A client for the server's model, with the input size read from the model's metadata."""
-        probe = _channel(settings)
+        detector = cls(settings, input_size=None)
         try:
-            meta = await probe.get_model_metadata(settings.model, contract.VERSION, as_json=True)
+            await detector.ensure_ready()
+        except BaseException:
+            await detector.aclose()
+            raise
+        return detector
+
+    @property
+    def input_size(self) -> int:
+        if self._input_size is None:
+            raise RuntimeError("the model's input size is not known yet: await ensure_ready() first")
+        return self._input_size
+
+    async def ensure_ready(self) -> None:
+        """Read the model's input size from its metadata unless known; raises InferenceError."""
+        if self._input_size is not None:
+            return
+        model = self.settings.model
+        try:
+            meta = await self._client.get_model_metadata(model, contract.VERSION, as_json=True)
         except InferenceServerException as exc:
-            raise InferenceError(_reason(exc), f"model {settings.model} metadata: {exc.message()}") from exc
-        finally:
-            await probe.close()
+            error = InferenceError(_reason(exc), f"model {model} metadata: {exc.message()}")
+            self.health.failed(error, model_ready=False if UNKNOWN_MODEL in str(exc.message()) else None)
+            raise error from exc
         images = next(i for i in meta["inputs"] if i["name"] == contract.image_input(0).name)
-        return cls(settings, input_size=int(images["shape"][1]))
+        self._input_size = int(images["shape"][1])
+
+    async def check(self) -> bool:
+        """Ask Triton whether the model is ready (a real call; its answer goes into `health`)."""
+        model = self.settings.model
+        try:
+            ready = bool(await self._client.is_model_ready(model, client_timeout=self.settings.timeout))
+        except InferenceServerException as exc:
+            self.health.failed(InferenceError(_reason(exc), f"model {model} readiness: {exc.message()}"))
+            return False
+        if ready:
+            self.health.succeeded()
+        else:
+            self.health.failed(
+                InferenceError("InferenceUnavailable", f"model {model} is not ready on the server"),
+                model_ready=False,
+            )
+        return ready
 
     def prepare(self, frame: np.ndarray) -> Prepared:
         """An HxWx3 BGR frame -> what goes on the wire (letterboxed with the shared numpy code)."""
@@ -190,11 +259,15 @@ class Detector:
                 result = await self._client.infer(
                     model, inputs, outputs=outputs, client_timeout=s.timeout, headers=dict(headers or {})
                 )
-                return split_result({t.name: result.as_numpy(t.name) for t in contract.OUTPUTS})
+                found = split_result({t.name: result.as_numpy(t.name) for t in contract.OUTPUTS})
+                self.health.succeeded()
+                return found
             except InferenceServerException as exc:
                 reason = _reason(exc)
-                if reason != "TritonUnavailable" or attempt == s.retries:
-                    raise InferenceError(reason, exc.message() or str(exc)) from exc
+                error = InferenceError(reason, exc.message() or str(exc))
+                self.health.failed(error)
+                if reason != "InferenceUnavailable" or attempt == s.retries:
+                    raise error from exc
             # Full jitter: spreads the retries of many pods hitting one restarted server.
             await asyncio.sleep(random.uniform(0, min(s.backoff_cap, s.backoff_base * 2**attempt)))  # noqa: S311
         raise AssertionError("unreachable")
@@ -236,14 +309,16 @@ def encode_jpeg(frame: np.ndarray) -> bytes:
     return b"".join(bytes(p) for p in packets)
 
 
-def _reason(exc: InferenceServerException) -> Literal["TritonUnavailable", "Timeout", "InferenceFailed"]:
+def _reason(exc: InferenceServerException) -> Literal["InferenceUnavailable", "Timeout", "InferenceFailed"]:
     status = str(exc.status() or "")
     if "UNAVAILABLE" in status:
-        return "TritonUnavailable"
+        return "InferenceUnavailable"
     if "DEADLINE_EXCEEDED" in status:
         return "Timeout"
-    if NO_MODEL_VERSION in str(exc.message() or ""):
-        # NOT_FOUND while the model is being unloaded or loaded (Triton shutting down or starting):
-        # a passing outage like UNAVAILABLE, so retried and reported as such, not a failed request.
-        return "TritonUnavailable"
+    message = str(exc.message() or "")
+    if NO_MODEL_VERSION in message or UNKNOWN_MODEL in message:
+        # The model is being unloaded or loaded, or not there yet (Triton shutting down or starting,
+        # its repository still being filled): an outage like UNAVAILABLE, so retried and reported as
+        # such, not a failed request.
+        return "InferenceUnavailable"
     return "InferenceFailed"

@@ -33,13 +33,16 @@ def cam(
     labels: dict[str, str] | None = None,
     url: str | None = None,
     max_sessions: int = 1,
+    tls: dict[str, Any] | None = None,
     **spec: Any,
 ) -> ObjectFacts:
     source: dict[str, Any] = {
         "url": url or f"rtsp://10.0.0.1/{name}",
-        "protocol": "rtsp",
+        "protocol": "rtsps" if (url or "").startswith("rtsps://") else "rtsp",
         "maxSessions": max_sessions,
     }
+    if tls is not None:
+        source["tls"] = tls
     if secret:
         source["credentialsSecretRef"] = {"name": secret}
     body = {"siteRef": {"name": "alun"}, "source": source, "sampling": {"fps": fps}, **spec}

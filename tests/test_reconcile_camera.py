@@ -182,6 +182,30 @@ def test_counters_are_written_when_streaming_flips_or_they_are_old() -> None:
     )
 
 
+def test_insecure_tls_is_a_warning_condition_told_once_and_not_a_failure() -> None:
+    url = "rtsps://10.0.0.1:322/a"
+    insecure = cam("a", url=url, tls={"insecureSkipVerify": True})
+    plan = plan_camera(insecure, pool({POD: True}), report("a"), NOW)
+    assert plan.status is not None
+    tls = {c["type"]: c for c in plan.status["conditions"]}["TLSVerified"]
+    assert (tls["status"], tls["reason"]) == ("False", "InsecureSkipVerify")
+    assert "spec.source.tls.caSecretRef" in tls["message"]
+    assert ready_condition(plan.status)["status"] == "True"  # it streams: a warning, not a failure
+    assert plan.ready
+    assert ("Warning", "InsecureSkipVerify") in [(e.type, e.reason) for e in plan.events]
+    told = cam("a", url=url, tls={"insecureSkipVerify": True}, status=plan.status)
+    assert "InsecureSkipVerify" not in [
+        e.reason for e in plan_camera(told, pool({POD: True}), report("a"), NOW).events
+    ]
+
+    verified = plan_camera(cam("a", url=url), pool({POD: True}), report("a"), NOW).status
+    assert verified is not None
+    assert {c["type"]: c["reason"] for c in verified["conditions"]}["TLSVerified"] == "Verified"
+    plain = plan_camera(cam("a"), pool({POD: True}), report("a"), NOW).status
+    assert plain is not None
+    assert "TLSVerified" not in {c["type"] for c in plain["conditions"]}
+
+
 def test_a_camera_that_moved_is_told() -> None:
     plan = plan_camera(cam("moved", labels={"pantau.io/shard": f"{POOL}-3"}), pool({POD: True}), None, NOW)
     assert [(e.type, e.reason, e.message) for e in plan.events] == [

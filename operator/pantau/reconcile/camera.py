@@ -10,7 +10,7 @@ from typing import Any, Final
 
 from pantau.builders import names
 from pantau.contract import LABEL_SHARD, CameraStatusReport
-from pantau.models.camera import CameraSpec
+from pantau.models.camera import TLS_SCHEMES, CameraSpec
 from pantau.models.conditions import Condition, find_condition
 from pantau.reconcile.assignment import Assignment
 from pantau.reconcile.facts import JSON, Event, ObjectFacts, PodFacts, SecretFacts, event
@@ -24,6 +24,7 @@ PROBLEMS: Final = (
     "InvalidSpec",
     "SiteNotFound",
     "SessionLimit",
+    "InsecureSkipVerify",
 )
 # A pod not created yet in a pool this young is expected shortly: its Cameras' PodNotReady waits.
 POD_START_GRACE: Final = 60.0
@@ -116,6 +117,9 @@ def plan_camera(
         return CameraPlan(None, camera_status_without_site(camera, pool.site, now), [], False, True)
     pod = pool.pod_of(camera)
     wanted, verdict = _wanted(camera, pod, pool, report, now)
+    tls = tls_verdict(camera.spec)
+    if tls is not None:
+        wanted.append(condition("TLSVerified", tls, camera.generation, now))
     conditions = merge(observed_conditions(camera.status), wanted, now)
     status: JSON = dict(camera.status)
     status.update(observedGeneration=camera.generation, conditions=dump(conditions), shard=pod, pod=pod)
@@ -124,6 +128,7 @@ def plan_camera(
     status["reason"] = None if verdict.ok else verdict.reason
     status = {k: v for k, v in status.items() if v is not None}
     events = _reassigned(camera, pod) + _told(camera, find_condition(conditions, "Ready"))
+    events += _told(camera, find_condition(conditions, "TLSVerified"), "TLSVerified")
     coming = pod_coming(pod, verdict, pool, now)
     failed = verdict.reason in ("SecretNotFound", "SecretNotPermitted", "SecretKeyMissing", "SessionLimit")
     return CameraPlan(pod, None if coming else status, events, verdict.ok is True, failed)
@@ -154,6 +159,21 @@ def _wanted(
         wanted.append(condition("Streaming", streaming, gen, now))
     wanted.append(condition("Ready", verdict, gen, now))
     return wanted, verdict
+
+
+def tls_verdict(spec: CameraSpec) -> Verdict | None:
+    """Whether the camera's certificate is checked, for TLS sources only: a warning (False) while
+    `tls.insecureSkipVerify` lets anyone on the path pose as the camera. It does not touch Ready."""
+    src = spec.source
+    if not src.url.startswith(TLS_SCHEMES):
+        return None
+    if src.tls is not None and src.tls.insecure_skip_verify:
+        why = (
+            "spec.source.tls.insecureSkipVerify is set: the camera's certificate is not checked, so anyone "
+            "on the network path can pose as it; give its CA in spec.source.tls.caSecretRef instead"
+        )
+        return Verdict(False, "InsecureSkipVerify", why)
+    return Verdict(True, "Verified", "the camera's certificate is verified")
 
 
 def secret_verdict(spec: CameraSpec, pool: PoolView) -> Verdict | None:
@@ -229,9 +249,9 @@ def _reassigned(camera: ObjectFacts, pod: str | None) -> list[Event]:
     return [event("Camera", camera, "Normal", "Reassigned", f"moved from {previous} to {pod}")]
 
 
-def _told(camera: ObjectFacts, new: Condition | None) -> list[Event]:
-    """A Warning Event when the Camera's Ready reason becomes one of PROBLEMS."""
-    old = observed_condition(camera.status, "Ready")
+def _told(camera: ObjectFacts, new: Condition | None, type_: str = "Ready") -> list[Event]:
+    """A Warning Event when the reason of the Camera's condition `type_` becomes one of PROBLEMS."""
+    old = observed_condition(camera.status, type_)
     if new is None or new.reason not in PROBLEMS or (old is not None and old.reason == new.reason):
         return []
     return [event("Camera", camera, "Warning", new.reason, new.message)]

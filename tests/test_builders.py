@@ -32,6 +32,7 @@ from pantau.builders.names import MAX_POOL_NAME
 from pantau.contract import LABEL_SITE
 from pantau.models import API_VERSION, CameraSpec, SiteSpec
 from pantau.models.limits import MAX_PODS
+from pantau.models.site import EventSink
 from tests.cases_crd import SAMPLES, SITE
 
 GOLDEN_DIR: Final = Path(__file__).resolve().parent / "golden"
@@ -199,11 +200,17 @@ def test_pod_and_container_are_restricted() -> None:
     assert "emptyDir" in volume
 
 
-def test_role_grants_reading_cameras_and_exactly_the_given_secrets() -> None:
+def test_role_grants_reading_cameras_its_own_site_and_exactly_the_given_secrets() -> None:
     objects = sample_pool(secret_names=["zeta-cred", "alpha-cred", "zeta-cred", "simpang-lima-credentials"])
     rules = by_kind(objects)["Role"]["rules"]
     assert rules == [
         {"apiGroups": ["pantau.io"], "resources": ["cameras"], "verbs": ["get", "list", "watch"]},
+        {
+            "apiGroups": ["pantau.io"],
+            "resources": ["sites"],
+            "resourceNames": ["bengkulu-kota"],
+            "verbs": ["get", "list", "watch"],
+        },
         {
             "apiGroups": [""],
             "resources": ["secrets"],
@@ -620,3 +627,17 @@ def test_network_policy_opens_what_the_pods_reach_and_nothing_else() -> None:
     assert ((), 4317) in rules  # the OTLP collector
     assert ((), 443) in rules  # the sample Site's webhook sink
     assert len(egress) == 2 + len(rules)
+
+
+def test_site_defaults_and_sinks_do_not_touch_the_pod_template() -> None:
+    """The pods watch their Site for these: changing them must not roll the pool."""
+    spec = load_site()
+    changed = spec.model_copy(
+        update={
+            "camera_defaults": spec.camera_defaults.model_copy(update={"fps": 2, "classes": ("car",)}),
+            "event_sinks": (EventSink(name="kantor", type="webhook", url="http://10.9.0.1:8080/events"),),
+        }
+    )
+    before, after = by_kind(sample_pool(spec=spec)), by_kind(sample_pool(spec=changed))
+    assert before["StatefulSet"] == after["StatefulSet"]
+    assert before["NetworkPolicy"] != after["NetworkPolicy"]  # the new sink's address is let out

@@ -3,7 +3,9 @@ session's stack, checked the way a platform engineer and an SRE would check it."
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -264,3 +266,75 @@ def test_a_secret_missing_a_key_or_its_consent_is_told_and_the_pod_streams_on(de
     finally:
         demo.kubectl("delete", "camera", "half-cam", "plain-cam", "--ignore-not-found")
         demo.kubectl("delete", "secret", "half-login", "no-consent", "--ignore-not-found")
+
+
+class EventReceiver:
+    """A webhook receiver on the node's address (where pods reach the host), in a thread."""
+
+    def __init__(self, host: str) -> None:
+        received = self.received = []  # type: list[dict[str, Any]]
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                received.extend(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
+        self.url = f"http://{host}:{self.server.server_address[1]}/events"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> EventReceiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_site_change_reaches_running_pods_without_a_rollout(demo: Demo) -> None:
+    """New event sinks and camera defaults on the Site reach its pods while they run: the same pods,
+    no restart, the StatefulSet's template untouched, and the new sink receives the events."""
+    site = "kota-bengkulu"
+    wait_for(
+        lambda: camera(demo, "simpang-lima").get("status", {}).get("streaming"), timeout=60, what="streaming"
+    )
+    pool = f"{site}-ingest"
+    sts_before = json.loads(demo.kubectl("get", "statefulset", pool, "-o", "json").stdout)
+    pods_before = ingest_pods(demo)
+    original = json.loads(demo.kubectl("get", "site", site, "-o", "json").stdout)["spec"]
+    with EventReceiver(demo.info.host_ip) as receiver:
+        change = {
+            "eventSinks": [
+                *original["eventSinks"],
+                {"name": "kantor", "type": "webhook", "url": receiver.url},
+            ],
+            "cameraDefaults": {**original.get("cameraDefaults", {}), "classes": ["person"]},
+        }
+        demo.kubectl("patch", "site", site, "--type", "merge", "-p", json.dumps({"spec": change}))
+        try:
+            events = wait_for(
+                lambda: [e for e in receiver.received if e["site"] == site][:3] or None,
+                timeout=60,
+                what="events at the new webhook sink",
+                interval=1,
+            )
+            assert all(e["camera"].startswith(f"{demo.namespace}/") for e in events)
+            # The new defaults apply too: from now on only persons are published.
+            count = len(receiver.received)
+            wait_for(lambda: len(receiver.received) >= count + 5, timeout=60, what="more events", interval=1)
+            later = receiver.received[count:]
+            assert {d["class"] for e in later for d in e["detections"]} <= {"person"}
+        finally:
+            demo.kubectl("patch", "site", site, "--type", "merge", "-p", json.dumps({"spec": original}))
+    sts_after = json.loads(demo.kubectl("get", "statefulset", pool, "-o", "json").stdout)
+    assert sts_after["spec"]["template"] == sts_before["spec"]["template"]
+    assert sts_after["status"].get("updateRevision") == sts_before["status"].get("updateRevision")
+    after = ingest_pods(demo)
+    for pod, (uid, restarts) in pods_before.items():
+        assert after[pod] == (uid, restarts), f"pod {pod} was restarted"

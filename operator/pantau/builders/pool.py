@@ -45,7 +45,7 @@ from pantau.contract import (
     env_name,
     pod_env,
 )
-from pantau.models import API_VERSION, CAMERAS, GROUP, Resources, SiteSpec
+from pantau.models import API_VERSION, CAMERAS, GROUP, SITES, Resources, SiteSpec
 
 Manifest = dict[str, Any]
 
@@ -177,7 +177,14 @@ def _service_account(site: SiteRef, name: str) -> Manifest:
 
 def _role(site: SiteRef, name: str, secret_names: Sequence[str]) -> Manifest:
     rules: list[Manifest] = [
-        {"apiGroups": [GROUP], "resources": [CAMERAS], "verbs": ["get", "list", "watch"]}
+        {"apiGroups": [GROUP], "resources": [CAMERAS], "verbs": ["get", "list", "watch"]},
+        # Its own Site only: camera defaults and event sinks reach running pods without a rollout.
+        {
+            "apiGroups": [GROUP],
+            "resources": [SITES],
+            "resourceNames": [site.name],
+            "verbs": ["get", "list", "watch"],
+        },
     ]
     secrets = sorted(set(secret_names))
     # An empty resourceNames would grant every Secret of the namespace: no cameras with Secrets, no rule.
@@ -333,9 +340,9 @@ def _env(site: SiteRef, spec: SiteSpec, settings: PoolSettings) -> list[Manifest
         triton_address=(inference.triton_address if inference else None) or settings.triton_address,
         model=(inference.model if inference else None) or settings.model,
         port=INGEST_PORT,
-        camera_defaults=spec.camera_defaults,
-        event_sinks=tuple(spec.event_sinks),
     )
+    # Camera defaults and event sinks are not in the environment: the pods watch their Site for them,
+    # so changing them does not change the pod template (no rollout, no stream interrupted).
     env.append({"name": ENV_OTEL_SERVICE_NAME, "value": OTEL_SERVICE_NAME})
     if settings.otlp_endpoint:
         env.append({"name": ENV_OTEL_ENDPOINT, "value": settings.otlp_endpoint})

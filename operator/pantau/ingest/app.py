@@ -14,6 +14,7 @@ import base64
 import contextlib
 import logging
 import signal
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,15 +37,18 @@ from pantau.ingest.server import serve
 from pantau.k8s.api import ApiError, KubeApi
 from pantau.models import GROUP, VERSION
 from pantau.models.camera import CameraSpec
+from pantau.models.site import EventSink as SinkSpec
+from pantau.models.site import SiteSpec
 from pantau.redact import redact_url
 from pantau.triton.client import ClientSettings, Detector, InferenceError
 
 log = logging.getLogger("pantau.ingest")
 
 
-def _sinks(settings: IngestSettings) -> EventSink:
+def build_sink(specs: Sequence[SinkSpec]) -> EventSink:
+    """The pod's sink for the Site's `eventSinks` (several: one MultiSink over them)."""
     sinks: list[EventSink] = []
-    for s in settings.event_sinks:
+    for s in specs:
         if s.type == "webhook" and s.url:
             sinks.append(WebhookSink(s.url))
         elif s.type == "stdout":
@@ -70,6 +74,9 @@ class IngestApp:
         self.started_at = datetime.now(UTC)
         self.watching = False
         self.tasks: list[asyncio.Task[None]] = []
+        self.sink_specs: tuple[SinkSpec, ...] = settings.event_sinks
+        self.site_known = asyncio.Event()  # cameras start once the Site's settings are read
+        self.closing: set[asyncio.Task[None]] = set()  # replaced sinks delivering what they hold
 
     async def _secret_data(self, name: str) -> dict[str, str] | None:
         """A Secret's data; None when it is absent or this pod may not read it (the operator grants a
@@ -140,7 +147,51 @@ class IngestApp:
         worker.start()
         log.info("camera %s: streaming from %s", name, redact_url(spec.source.url))
 
+    async def apply_site(self, obj: dict[str, Any]) -> None:
+        """The Site's camera defaults and event sinks, applied to the running pod: detection settings
+        on the next frame, a changed sampling rate by restarting the cameras it changes, new sinks by
+        swapping the sink (the old one delivers what it holds before it closes)."""
+        try:
+            spec = SiteSpec.model_validate(obj.get("spec") or {})
+        except ValidationError:
+            log.warning("site %s: invalid spec; keeping the current settings", self.settings.site)
+            return
+        before = {name: w.source_config() for name, w in self.workers.items()}
+        self.ctx.defaults = spec.camera_defaults
+        for name, worker in list(self.workers.items()):
+            if worker.source_config() != before[name]:
+                await self._restart(name, worker.creds)
+        if spec.event_sinks != self.sink_specs:
+            old, self.ctx.sink = self.ctx.sink, build_sink(spec.event_sinks)
+            self.sink_specs = spec.event_sinks
+            log.info("event sinks now: %s", ", ".join(s.name for s in spec.event_sinks) or "none")
+            closing = asyncio.create_task(old.aclose(), name="close-old-sink")
+            self.closing.add(closing)  # held: a task nobody references may be collected mid-flight
+            closing.add_done_callback(self.closing.discard)
+        self.site_known.set()
+
+    async def watch_site(self) -> None:
+        field = f"metadata.name={self.settings.site}"
+        while True:
+            try:
+                async for kind, obj in self.api.watch(
+                    f"{GROUP}/{VERSION}", "Site", self.settings.namespace, field_selector=field
+                ):
+                    if kind != "DELETED":
+                        await self.apply_site(obj)
+            except ApiError as exc:
+                log.warning("watching site %s: %s; retrying", self.settings.site, exc)
+                await asyncio.sleep(2)
+
+    async def _restart(self, name: str, creds: Credentials | None) -> None:
+        worker = self.workers[name]
+        await worker.stop()
+        fresh = CameraWorker(name, worker.uid, worker.spec, creds, self.ctx)
+        self.workers[name] = fresh
+        fresh.start()
+
     async def watch(self) -> None:
+        await self.site_known.wait()
         selector = f"{LABEL_SHARD}={self.settings.shard}"
         while True:
             try:
@@ -161,11 +212,8 @@ class IngestApp:
             for name, worker in list(self.workers.items()):
                 with contextlib.suppress(ApiError):
                     creds = await self._credentials(worker.spec)
-                    if creds != worker.creds and name in self.workers:
-                        await worker.stop()
-                        fresh = CameraWorker(name, worker.uid, worker.spec, creds, self.ctx)
-                        self.workers[name] = fresh
-                        fresh.start()
+                    if creds != worker.creds and self.workers.get(name) is worker:
+                        await self._restart(name, creds)
 
     async def watch_triton(self) -> None:
         """Keep the Triton health in /status current while no frame does: a readiness check (a real
@@ -268,7 +316,7 @@ async def main(settings: IngestSettings) -> None:
         pod=settings.pod_name,
         model=settings.model,
         detector=detector,
-        sink=_sinks(settings),
+        sink=build_sink(settings.event_sinks),
         tracer=provider.get_tracer("pantau.ingest"),
         defaults=settings.camera_defaults,
         queue_size=settings.queue_size,
@@ -291,6 +339,7 @@ async def main(settings: IngestSettings) -> None:
         latency=app.latency,
     )
     app.tasks = [
+        asyncio.create_task(app.watch_site(), name="watch-site"),
         asyncio.create_task(app.watch(), name="watch-cameras"),
         asyncio.create_task(app.refresh_secrets(), name="refresh-secrets"),
         asyncio.create_task(app.watch_triton(), name="watch-triton"),
@@ -300,6 +349,7 @@ async def main(settings: IngestSettings) -> None:
         t.cancel()
     await asyncio.gather(*(w.stop() for w in app.workers.values()), return_exceptions=True)
     await server.aclose()
+    await asyncio.gather(*app.closing, return_exceptions=True)
     await ctx.sink.aclose()
     await detector.aclose()
     await api.aclose()

@@ -170,8 +170,9 @@ class KubeApi:
         api_version: str,
         kind: str,
         namespace: str | None,
-        label_selector: str,
+        label_selector: str = "",
         server_timeout: int = 300,
+        field_selector: str = "",
     ) -> AsyncIterator[tuple[str, JSON]]:
         """(type, object) events: first a synthetic ADDED per existing object, then changes.
 
@@ -181,7 +182,9 @@ class KubeApi:
         path = object_path(api_version, kind, namespace)
         known: dict[str, JSON] = {}
         while True:
-            listing = await self._request("GET", path, params={"labelSelector": label_selector})
+            selectors = {"labelSelector": label_selector, "fieldSelector": field_selector}
+            selectors = {k: v for k, v in selectors.items() if v}
+            listing = await self._request("GET", path, params=selectors)
             current = {o["metadata"]["uid"]: o for o in listing.get("items", [])}
             for uid, obj in known.items():
                 if uid not in current:
@@ -191,8 +194,8 @@ class KubeApi:
             known = current
             version = listing["metadata"]["resourceVersion"]
             params = {
+                **selectors,
                 "watch": "1",
-                "labelSelector": label_selector,
                 "resourceVersion": version,
                 "timeoutSeconds": str(server_timeout),
                 "allowWatchBookmarks": "true",

@@ -3,6 +3,7 @@ proven with `kubectl auth can-i` against the real RBAC authorizer."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
+from pantau.builders.pool import SiteRef, build_pool
+from pantau.models import SiteSpec
+from pantau.settings import OperatorSettings
 from pantau_dev.chart import CHART, LINT_VALUES, Tools, lint
 from pantau_dev.settings import REPO_ROOT, DevSettings
 from pantau_dev.stack import DevStack
@@ -91,9 +95,32 @@ def test_otel_values_reach_the_operator(offline: Tools) -> None:
     ]
     env = {e["name"]: e.get("value") for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == env["PANTAU_OTLP_ENDPOINT"]
-    assert env["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
-    assert env["OTEL_TRACES_SAMPLER_ARG"] == "0.5"
+    assert env["OTEL_SERVICE_NAME"] == "pantau-operator"
+    otel = {
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.5",
+        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=production",
+        "OTEL_BSP_MAX_QUEUE_SIZE": "4096",
+    }
+    assert {k: env[k] for k in otel} == otel
     assert env["PANTAU_PEERING"] == "true"
+    # The same reach every ingest pod: through the operator's settings into the pool's pod template.
+    assert json.loads(env["PANTAU_INGEST_OTEL_ENV"]) == otel
+    settings = OperatorSettings(
+        ingest_otel_env=json.loads(env["PANTAU_INGEST_OTEL_ENV"]),
+        ingest_service_name=env["PANTAU_INGEST_SERVICE_NAME"],
+    )
+    site = SiteSpec.model_validate({"ingest": {"minPods": 1}})
+    pool = build_pool(SiteRef("kota", "ns", "uid"), site, 1, [], settings.pool())
+    (sts,) = [o for o in pool if o["kind"] == "StatefulSet"]
+    pod_env = {e["name"]: e.get("value") for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert pod_env["OTEL_SERVICE_NAME"] == "bengkulu-ingest"
+    assert pod_env["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+    assert pod_env["OTEL_TRACES_SAMPLER_ARG"] == "0.5"
+    assert pod_env["OTEL_BSP_MAX_QUEUE_SIZE"] == "4096"
+    assert pod_env["OTEL_RESOURCE_ATTRIBUTES"].startswith(
+        "deployment.environment.name=production,pantau.site=kota,"
+    )
 
 
 def test_the_operator_clusterrole_asks_for_no_more_than_it_needs(offline: Tools) -> None:

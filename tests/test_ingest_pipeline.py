@@ -24,6 +24,7 @@ from tests.test_inference_triton import model_path, triton_models  # noqa: F401 
 pytestmark = pytest.mark.integration
 GROUP, VERSION = "pantau.io", "v1alpha1"
 NAMESPACE = "pantau-pipeline"
+SERVICE = "pipeline-ingest"  # the ingest pods' service.name, set through the chart
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,15 @@ def namespace(dev_stack: DevStack, stack_info: StackInfo, triton_models: str) ->
     tools = Tools(dev_stack.settings, dev_stack.kubeconfig)
     release = Release(tools, name="pipeline", namespace="pantau-pipeline-system")
     tools.kubectl("create", "namespace", NAMESPACE)
-    release.install(local_values(stack_info, dev_stack.settings, operator={"watchNamespaces": [NAMESPACE]}))
+    otel = {
+        "endpoint": stack_info.jaeger_otlp_grpc or "",
+        "serviceName": {"ingest": SERVICE},
+        "resourceAttributes": {"deployment.environment.name": "pipeline-test"},
+        "sampler": "parentbased_always_on",
+    }
+    release.install(
+        local_values(stack_info, dev_stack.settings, operator={"watchNamespaces": [NAMESPACE]}, otel=otel)
+    )
     yield NAMESPACE
     tools.kubectl("delete", "sites", "--all", "-n", NAMESPACE, "--timeout=60s", check=False)
     release.uninstall()
@@ -144,11 +153,25 @@ def test_ingest_pod_streams_real_footage_through_triton_with_traces_and_events(
         resp = httpx.get(f"{stack_info.jaeger_query}/api/traces/{trace_id}", timeout=5)
         return resp.json() if resp.status_code == 200 else None
 
-    data = wait_for(trace, timeout=60, what="the event's trace in Jaeger")
-    spans = data["data"][0]["spans"]
-    names = {s["operationName"] for s in spans}
-    assert {"read/decode", "infer", "publish"} <= names
+    data = wait_for(trace, timeout=60, what="the event's trace in Jaeger")["data"][0]
+    spans = data["spans"]
+    # The running pipeline's own spans: one root per frame, its four stages as its children.
     root = next(s for s in spans if not s.get("references"))
+    assert root["operationName"] == "frame"
+    children = {s["operationName"]: s for s in spans if s is not root}
+    assert set(children) == {"read/decode", "infer", "analyse", "publish"}
+    for child in children.values():
+        assert [(r["refType"], r["spanID"]) for r in child["references"]] == [("CHILD_OF", root["spanID"])]
+    infer_tags = {t["key"]: t["value"] for t in children["infer"]["tags"]}
+    assert infer_tags["span.kind"] == "client"
+    assert event["traceparent"] == f"00-{trace_id}-{root['spanID']}-01"
+    # What the chart set reached the pod: its service name, resource attributes and sampler.
+    process = data["processes"][root["processID"]]
+    assert process["serviceName"] == SERVICE
+    resource = {t["key"]: t["value"] for t in process["tags"]}
+    assert resource["deployment.environment.name"] == "pipeline-test"
+    assert resource["pantau.site"] == "kota"
+    assert resource["k8s.pod.name"] == pod
     tags = {t["key"]: t["value"] for t in root["tags"]}
     assert tags["pantau.camera"] == f"{namespace}/simpang"
     assert tags["pantau.site"] == "kota"

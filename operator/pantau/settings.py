@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pantau.builders.pool import PoolSettings
@@ -26,6 +26,13 @@ class OperatorSettings(BaseSettings):
     triton_address: str = Field(default="triton.pantau.svc:8001", description="Default Triton gRPC address.")
     model: str = Field(default="yolox", description="Default detector model name.")
     otlp_endpoint: str | None = Field(default=None, description="OTLP endpoint handed to ingest pods.")
+    ingest_service_name: str = Field(
+        default="pantau-ingest", min_length=1, description="OTEL_SERVICE_NAME of the ingest pods."
+    )
+    ingest_otel_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="More OTEL_* variables for the ingest pods (sampler, resource attributes, ...).",
+    )
     field_manager: str = Field(default="pantau", description="Server-side apply field manager.")
     resync_interval: float = Field(
         default=5.0, gt=0, description="Seconds between drift-repair passes per Site."
@@ -63,6 +70,17 @@ class OperatorSettings(BaseSettings):
         default=5.0, gt=0, description="Seconds one ingest pod's /status may take, whole body included."
     )
 
+    @field_validator("ingest_otel_env")
+    @classmethod
+    def _otel_only(cls, env: dict[str, str]) -> dict[str, str]:
+        wrong = sorted(k for k in env if not k.startswith("OTEL_") or k == "OTEL_SERVICE_NAME")
+        if wrong:
+            raise ValueError(
+                f"PANTAU_INGEST_OTEL_ENV may hold OTEL_* variables only (the service name has its own "
+                f"setting, PANTAU_INGEST_SERVICE_NAME): remove {', '.join(wrong)}"
+            )
+        return env
+
     def may_poll(self, address: str) -> bool:
         if not self.status_networks:
             return True
@@ -75,5 +93,7 @@ class OperatorSettings(BaseSettings):
             triton_address=self.triton_address,
             model=self.model,
             otlp_endpoint=self.otlp_endpoint,
+            service_name=self.ingest_service_name,
+            otel_env=self.ingest_otel_env,
             image_pull_policy=self.ingest_pull_policy,
         )

@@ -66,6 +66,8 @@ ATTR_WIRE: Final = "pantau.wire"  # uint8 | jpeg
 ATTR_FRAME_WIDTH: Final = "pantau.frame.width"
 ATTR_FRAME_HEIGHT: Final = "pantau.frame.height"
 ATTR_SINKS: Final = "pantau.sinks"  # event sinks the detection event was handed to
+ATTR_KEYFRAME: Final = "pantau.keyframe"  # the sample was a keyframe
+ATTR_DROP_REASON: Final = "pantau.drop_reason"  # why the frame was not analysed (e.g. InferenceUnavailable)
 
 ALLOWED_ATTRIBUTES: Final = frozenset(
     {
@@ -85,6 +87,8 @@ ALLOWED_ATTRIBUTES: Final = frozenset(
         ATTR_FRAME_WIDTH,
         ATTR_FRAME_HEIGHT,
         ATTR_SINKS,
+        ATTR_KEYFRAME,
+        ATTR_DROP_REASON,
     }
 )
 _CLASS_KEY: Final = re.compile(re.escape(ATTR_DETECTIONS_PREFIX) + r"[a-z][a-z_]*[a-z]")
@@ -306,6 +310,15 @@ def stage_span(
         _guarded(span),
     ):
         yield span
+
+
+def past_span(
+    tracer: Tracer, name: str, start_ns: int, end_ns: int, attributes: Mapping[str, object] | None = None
+) -> None:
+    """A child of the current span for work already done (e.g. the decode, timed on the reader
+    thread), with safe attributes."""
+    span = tracer.start_span(name, start_time=start_ns, attributes=safe_attributes(attributes or {}))
+    span.end(end_time=end_ns)
 
 
 # ----- propagation -----

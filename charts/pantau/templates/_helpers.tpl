@@ -77,3 +77,20 @@ app.kubernetes.io/component: {{ .component }}
 {{- $base := dict "runAsNonRoot" true "allowPrivilegeEscalation" false "readOnlyRootFilesystem" true "capabilities" (dict "drop" (list "ALL")) "seccompProfile" (dict "type" "RuntimeDefault") -}}
 {{- toYaml (mergeOverwrite $base (deepCopy (default (dict) .))) -}}
 {{- end -}}
+
+{{/* The OTEL_* variables of every pod but its service name, as a JSON object: the operator gets them
+in its environment and hands the same to the ingest pods (PANTAU_INGEST_OTEL_ENV). */}}
+{{- define "pantau.otelEnv" -}}
+{{- $env := dict -}}
+{{- with .Values.otel.resourceAttributes -}}
+{{- $pairs := list -}}
+{{- range $key, $value := . -}}
+{{- $pairs = append $pairs (printf "%s=%s" $key $value) -}}
+{{- end -}}
+{{- $_ := set $env "OTEL_RESOURCE_ATTRIBUTES" (join "," $pairs) -}}
+{{- end -}}
+{{- with .Values.otel.sampler }}{{ $_ := set $env "OTEL_TRACES_SAMPLER" . }}{{ end -}}
+{{- with .Values.otel.samplerArg }}{{ $_ := set $env "OTEL_TRACES_SAMPLER_ARG" . }}{{ end -}}
+{{- range $key, $value := .Values.otel.env }}{{ $_ := set $env $key $value }}{{ end -}}
+{{- toJson $env -}}
+{{- end -}}

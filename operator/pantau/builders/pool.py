@@ -19,8 +19,8 @@ they hold only the fields Pantau owns."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pantau.builders.names import label_value, pool_name
@@ -90,6 +90,8 @@ class PoolSettings:
     model: str  # used when the Site has no spec.inference.model
     otlp_endpoint: str | None  # OTEL_EXPORTER_OTLP_ENDPOINT for the pods; none: not set
     image_pull_policy: str = "IfNotPresent"
+    service_name: str = OTEL_SERVICE_NAME  # OTEL_SERVICE_NAME of the pods
+    otel_env: Mapping[str, str] = field(default_factory=dict)  # more OTEL_* (sampler, resource attributes)
 
 
 @dataclass(frozen=True)
@@ -343,14 +345,24 @@ def _env(site: SiteRef, spec: SiteSpec, settings: PoolSettings) -> list[Manifest
     )
     # Camera defaults and event sinks are not in the environment: the pods watch their Site for them,
     # so changing them does not change the pod template (no rollout, no stream interrupted).
-    env.append({"name": ENV_OTEL_SERVICE_NAME, "value": OTEL_SERVICE_NAME})
+    env.append({"name": ENV_OTEL_SERVICE_NAME, "value": settings.service_name})
     if settings.otlp_endpoint:
         env.append({"name": ENV_OTEL_ENDPOINT, "value": settings.otlp_endpoint})
-    # $(VAR) refers to variables defined earlier in the list; the kubelet expands it.
+    passed = {
+        k: v
+        for k, v in settings.otel_env.items()
+        if k not in (ENV_OTEL_RESOURCE_ATTRIBUTES, ENV_OTEL_ENDPOINT)
+    }
+    env += [{"name": k, "value": v} for k, v in sorted(passed.items())]
+    # $(VAR) refers to variables defined earlier in the list; the kubelet expands it. The chart's
+    # resource attributes come first; the pod's own (site, namespace, pod) follow and win.
     attributes = (
         f"{OTEL_SITE_ATTRIBUTE}={site.name},"
         f"k8s.namespace.name=$({env_name('namespace')}),k8s.pod.name=$({env_name('pod_name')})"
     )
+    chart_attributes = settings.otel_env.get(ENV_OTEL_RESOURCE_ATTRIBUTES)
+    if chart_attributes:
+        attributes = f"{chart_attributes},{attributes}"
     env.append({"name": ENV_OTEL_RESOURCE_ATTRIBUTES, "value": attributes})
     return env
 

@@ -27,7 +27,7 @@ from typing import Any
 import av
 import numpy as np
 from opentelemetry import trace
-from opentelemetry.trace import Tracer
+from opentelemetry.trace import SpanKind, Tracer
 
 from pantau import telemetry
 from pantau.ingest.events import DetectionEvent, EventSink
@@ -38,6 +38,7 @@ from pantau.models.site import CameraDefaults
 from pantau.redact import redact_url
 from pantau.triton import yolox
 from pantau.triton.client import Detector, InferenceError, Prepared
+from pantau.triton.contract import Detection
 
 log = logging.getLogger("pantau.ingest")
 AUTH_FAILURES_BEFORE_SLOWDOWN = 3
@@ -274,64 +275,77 @@ class CameraWorker:
             await asyncio.to_thread(reader.join, self.ctx.read_timeout + 5)
 
     async def _process(self, sample: Sample) -> None:
+        """One frame, one trace: read/decode, infer, analyse, publish, every span and attribute through
+        the telemetry helpers (which drop anything holding a credential)."""
         ctx, stats = self.ctx, self.stats
         captured_ns = int(sample.captured_at * 1e9)
+        decoded_from = captured_ns - int(sample.decode_seconds * 1e9)
         frame_id = f"{self.uid}:{self._session}:{sample.seq}"
         camera = f"{ctx.namespace}/{self.name}"
         with telemetry.frame_span(
-            ctx.tracer,
-            camera=camera,
-            site=ctx.site,
-            pod=ctx.pod,
-            start_time_ns=captured_ns - int(sample.decode_seconds * 1e9),
+            ctx.tracer, camera, ctx.site, ctx.pod, decoded_from, frame_id=frame_id, model=ctx.model
         ) as root:
-            root.set_attribute(telemetry.ATTR_FRAME_ID, frame_id)
-            root.set_attribute(telemetry.ATTR_MODEL, ctx.model)
-            decode = ctx.tracer.start_span(
-                "read/decode", start_time=captured_ns - int(sample.decode_seconds * 1e9)
+            telemetry.past_span(
+                ctx.tracer,
+                telemetry.SPAN_READ_DECODE,
+                decoded_from,
+                captured_ns,
+                {telemetry.ATTR_KEYFRAME: sample.keyframe},
             )
-            decode.set_attribute("pantau.keyframe", sample.keyframe)
-            decode.end(end_time=captured_ns)
-            started = time.monotonic()
-            with ctx.tracer.start_as_current_span("infer") as infer:
-                infer.set_attribute(telemetry.ATTR_MODEL, ctx.model)
-                prepared = Prepared(orig_hw=sample.orig_hw, image=sample.image)
-                try:
-                    found = await ctx.detector.detect(prepared, headers=telemetry.grpc_metadata(infer))
-                except InferenceError as exc:
-                    stats.dropped[exc.reason] += 1
-                    stats.reason, stats.message = exc.reason, str(exc)
-                    infer.set_status(trace.Status(trace.StatusCode.ERROR, exc.reason))
-                    root.set_attribute(telemetry.ATTR_DETECTIONS, 0)
-                    return
-            stats.observe_latency(time.monotonic() - started)
-            kept = [d for d in found if d.class_name in self.classes and d.score >= self.min_score]
-            root.set_attribute(telemetry.ATTR_DETECTIONS, len(kept))
-            for name, count in Counter(d.class_name for d in kept).items():
-                root.set_attribute(f"{telemetry.ATTR_DETECTIONS}.{name}", count)
-            with ctx.tracer.start_as_current_span("publish"):
-                event = DetectionEvent(
-                    camera=camera,
-                    site=ctx.site,
-                    pod=ctx.pod,
-                    timestamp=datetime.fromtimestamp(sample.captured_at, UTC),
-                    frame_id=frame_id,
-                    detections=[
-                        {
-                            "class": d.class_name,
-                            "score": round(d.score, 4),
-                            "box": [round(v, 1) for v in d.box],
-                        }
-                        for d in kept
-                    ],
-                    traceparent=telemetry.traceparent_of(root),
-                )
-                await ctx.sink.publish(event)
+            found = await self._infer(sample, root)
+            if found is None:
+                return
+            with telemetry.stage_span(ctx.tracer, telemetry.SPAN_ANALYSE):
+                kept = [d for d in found if d.class_name in self.classes and d.score >= self.min_score]
+                telemetry.set_detections(root, Counter(d.class_name for d in kept))
+            with telemetry.stage_span(ctx.tracer, telemetry.SPAN_PUBLISH):
+                await ctx.sink.publish(self._event(sample, frame_id, kept, telemetry.traceparent_of(root)))
         stats.state, stats.reason, stats.message = "Streaming", None, None
         stats.frames_processed += 1
         stats.processed_at.append(time.monotonic())
         stats.last_frame_time = datetime.fromtimestamp(sample.captured_at, UTC)
         stats.detections.update(d.class_name for d in kept)
+
+    async def _infer(self, sample: Sample, root: trace.Span) -> list[Detection] | None:
+        """The frame's detections, or None when it was dropped (counted, with the reason on the trace)."""
+        ctx, stats = self.ctx, self.stats
+        started = time.monotonic()
+        attributes = {telemetry.ATTR_MODEL: ctx.model}
+        with telemetry.stage_span(
+            ctx.tracer, telemetry.SPAN_INFER, attributes, kind=SpanKind.CLIENT
+        ) as infer:
+            try:
+                found = await ctx.detector.detect(
+                    Prepared(orig_hw=sample.orig_hw, image=sample.image),
+                    headers=telemetry.grpc_metadata(infer),
+                )
+            except InferenceError as exc:
+                stats.dropped[exc.reason] += 1
+                stats.reason, stats.message = exc.reason, str(exc)
+                infer.set_status(trace.Status(trace.StatusCode.ERROR, exc.reason))
+                telemetry.set_attributes(
+                    root, {telemetry.ATTR_DETECTIONS: 0, telemetry.ATTR_DROP_REASON: exc.reason}
+                )
+                return None
+        stats.observe_latency(time.monotonic() - started)
+        return found
+
+    def _event(
+        self, sample: Sample, frame_id: str, kept: list[Detection], traceparent: str | None
+    ) -> DetectionEvent:
+        ctx = self.ctx
+        return DetectionEvent(
+            camera=f"{ctx.namespace}/{self.name}",
+            site=ctx.site,
+            pod=ctx.pod,
+            timestamp=datetime.fromtimestamp(sample.captured_at, UTC),
+            frame_id=frame_id,
+            detections=[
+                {"class": d.class_name, "score": round(d.score, 4), "box": [round(v, 1) for v in d.box]}
+                for d in kept
+            ],
+            traceparent=traceparent,
+        )
 
 
 def _letterboxer(size: int) -> Callable[[av.VideoFrame], np.ndarray]:

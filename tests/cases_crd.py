@@ -191,6 +191,164 @@ CASES: Final[tuple[BadCase, ...]] = (
         path="spec.placement.tolerations[0].value",
         hint="remove value, or set operator to Equal",
     ),
+    BadCase(
+        "url-query-password",
+        SNAPSHOT_CAMERA,
+        {"spec.source.url": f"https://10.20.2.9/cgi-bin/snapshot.cgi?user=admin&pwd={LEAKED_PASSWORD}"},
+        path="spec.source.url",
+        hint="put the login in a Secret named by spec.source.credentialsSecretRef",
+    ),
+    BadCase(
+        "webhook-url-query-token",
+        SITE,
+        {"spec.eventSinks[0].url": f"https://events.example/hook?Token={LEAKED_PASSWORD}"},
+        path="spec.eventSinks[0].url",
+        hint="spec.eventSinks[].headerSecretRef",
+    ),
+    BadCase(
+        "header-secret-on-stdout-sink",
+        SITE,
+        {"spec.eventSinks[1].headerSecretRef": {"name": "dishub-token"}},
+        path="spec.eventSinks[1].headerSecretRef",
+        hint="remove spec.eventSinks[].headerSecretRef",
+    ),
+    BadCase(
+        "cpu-request-negative",
+        SITE,
+        {"spec.ingest.resources.requests.cpu": "-500m"},
+        path="spec.ingest.resources.requests.cpu",
+        hint="must not be negative",
+    ),
+    BadCase(
+        "memory-request-above-limit",
+        SITE,
+        {"spec.ingest.resources.requests.memory": "2Gi"},
+        path="spec.ingest.resources.requests.memory",
+        hint="lower spec.ingest.resources.requests.memory or raise spec.ingest.resources.limits.memory",
+    ),
+    BadCase(
+        "allowed-network-not-cidr",
+        SITE,
+        {"spec.allowedCameraNetworks": ["127.0.0.1"]},
+        path="spec.allowedCameraNetworks[0]",
+        hint="e.g. 127.0.0.0/8",
+    ),
+    BadCase(
+        "allowed-network-host-bits",
+        SITE,
+        {"spec.allowedCameraNetworks": ["127.0.0.1/8"]},
+        path="spec.allowedCameraNetworks[0]",
+        hint="no host bits set",
+    ),
+)
+
+# Refused by the operator's validating webhook (pantau.reconcile.admission): what the CRDs' rules
+# cannot decide. The Cameras' Site is the SITE sample, which allows no extra network; the operator
+# allows file:// sources under ALLOWED_FILE_DIR only.
+ALLOWED_FILE_DIR: Final = "/footage"
+ADMISSION_CASES: Final[tuple[BadCase, ...]] = (
+    BadCase(
+        "camera-loopback",
+        RTSP_CAMERA,
+        {"spec.source.url": "rtsp://127.0.0.1:8554/live"},
+        path="spec.source.url",
+        hint="spec.allowedCameraNetworks",
+    ),
+    BadCase(
+        "camera-localhost",
+        RTSP_CAMERA,
+        {"spec.source.url": "rtsp://localhost/live"},
+        path="spec.source.url",
+        hint="is loopback",
+    ),
+    BadCase(
+        "camera-loopback-decimal",
+        RTSP_CAMERA,
+        {"spec.source.url": "rtsp://2130706433/live"},
+        path="spec.source.url",
+        hint="is loopback",
+    ),
+    BadCase(
+        "camera-loopback-ipv6",
+        RTSP_CAMERA,
+        {"spec.source.url": "rtsp://[::1]:554/live"},
+        path="spec.source.url",
+        hint="is loopback",
+    ),
+    BadCase(
+        "camera-loopback-ipv4-mapped",
+        RTSP_CAMERA,
+        {"spec.source.url": "rtsp://[::ffff:127.0.0.1]/live"},
+        path="spec.source.url",
+        hint="is loopback",
+    ),
+    BadCase(
+        "camera-metadata-address",
+        SNAPSHOT_CAMERA,
+        {"spec.source.url": "http://169.254.169.254/latest/meta-data/", "spec.source.tls": DELETE},
+        path="spec.source.url",
+        hint="link-local",
+    ),
+    BadCase(
+        "camera-metadata-name",
+        SNAPSHOT_CAMERA,
+        {"spec.source.url": "http://metadata.google.internal/computeMetadata/v1/", "spec.source.tls": DELETE},
+        path="spec.source.url",
+        hint="link-local",
+    ),
+    BadCase(
+        "camera-file-outside-allowed",
+        RTSP_CAMERA,
+        {"spec.source": {"url": "file:///etc/shadow", "protocol": "file"}},
+        path="spec.source.url",
+        hint="outside the directories file:// sources may read",
+    ),
+    BadCase(
+        "camera-file-escapes-allowed",
+        RTSP_CAMERA,
+        {"spec.source": {"url": f"file://{ALLOWED_FILE_DIR}/../etc/passwd", "protocol": "file"}},
+        path="spec.source.url",
+        hint="outside the directories file:// sources may read",
+    ),
+    BadCase(
+        "camera-unknown-class",
+        RTSP_CAMERA,
+        {"spec.detection.classes": ["person", "unicorn"]},
+        path="spec.detection.classes",
+        hint="does not know 'unicorn'",
+    ),
+    BadCase(
+        "site-unknown-default-class",
+        SITE,
+        {"spec.cameraDefaults.classes": ["person", "sepeda"]},
+        path="spec.cameraDefaults.classes",
+        hint="does not know 'sepeda'",
+    ),
+    BadCase(
+        "site-sink-metadata-address",
+        SITE,
+        {"spec.eventSinks[0].url": "http://169.254.169.254/hook"},
+        path="spec.eventSinks[0].url",
+        hint="link-local",
+    ),
+)
+
+# Refused by the API server itself, with no model counterpart: names and unknown fields.
+SERVER_ONLY_CASES: Final[tuple[BadCase, ...]] = (
+    BadCase(
+        "camera-name-too-long",
+        RTSP_CAMERA,
+        {"metadata.name": "kamera-" + "x" * 60},
+        path="metadata.name",
+        hint="may have at most 63 characters",
+    ),
+    BadCase(
+        "unknown-field",
+        RTSP_CAMERA,
+        {"spec.sampling.fsp": 5},
+        path="spec.sampling.fsp",
+        hint="unknown field",
+    ),
 )
 
 
@@ -207,7 +365,7 @@ def _segments(path: str) -> list[str | int]:
 def build(case: BadCase) -> dict[str, Any]:
     """The case's object: its sample with the changes applied, named after the case (a fresh copy)."""
     obj = copy.deepcopy(load_sample(case.sample))
-    obj["metadata"]["name"] = f"bad-{case.id}"
+    obj["metadata"]["name"] = f"bad-{case.id}"[:63]
     for path, value in case.changes.items():
         *parents, last = _segments(path)
         target: Any = obj

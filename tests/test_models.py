@@ -23,6 +23,7 @@ from pantau.models import (
     limits,
     set_condition,
 )
+from pantau.redact import SECRET_QUERY_PATTERN
 from tests.cases_crd import CASES, LEAKED_PASSWORD, SAMPLES, BadCase, build
 
 CRDS = Path(__file__).resolve().parents[1] / "crds"
@@ -340,3 +341,10 @@ def test_models_take_their_bounds_from_the_limits_module() -> None:
                 "sampling": {"fps": limits.MAX_FPS + 1},
             }
         )
+
+
+def test_the_crds_refuse_the_query_credentials_that_redact_hides() -> None:
+    """One list of secret-looking query keys (pantau.redact): the CEL rules of both CRDs use it."""
+    for name in ("cameras.pantau.io.yaml", "sites.pantau.io.yaml"):
+        text = (CRDS / name).read_text()
+        assert f"self.url.matches('{SECRET_QUERY_PATTERN}')" in text, name

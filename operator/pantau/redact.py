@@ -20,11 +20,15 @@ REDACTED_USERINFO: Final = f"{REDACTED}:{REDACTED}"
 # scheme://[userinfo@]host...: the authority ends at the first '/', '?' or '#' (RFC 3986), and the
 # userinfo at the last '@' inside it, so an unescaped '@' in a password is still covered.
 _URL_USERINFO: Final = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)[^\s/?#]*@")
-# Query parameters that cheap cameras use to carry credentials (…/snapshot.cgi?user=x&pwd=y).
+# Query parameters that cheap cameras and webhooks use to carry credentials (…/snapshot.cgi?pwd=y).
+SECRET_QUERY_KEYS: Final = (
+    "password", "passwd", "pass", "pwd", "pw", "loginpas", "secret", "token", "access_token",
+    "auth", "key", "apikey", "api_key", "sig", "signature",
+)  # fmt: skip
+# The same test as an RE2 pattern, for the CRDs' CEL rules (tests/test_models.py checks they agree).
+SECRET_QUERY_PATTERN: Final = "(?i)[?&;](" + "|".join(SECRET_QUERY_KEYS) + ")="
 _SECRET_QUERY: Final = re.compile(
-    r"(?P<key>[?&;](?:password|passwd|pass|pwd|pw|loginpas|secret|token|access_token|auth|key|"
-    r"sig|signature)=)[^&;#\s]*",
-    re.IGNORECASE,
+    r"(?P<key>[?&;](?:" + "|".join(SECRET_QUERY_KEYS) + r")=)[^&;#\s]*", re.IGNORECASE
 )
 
 
@@ -43,6 +47,11 @@ def redact_url(url: str) -> str:
 def has_userinfo(text: str) -> bool:
     """Whether `text` holds a URL with a user name or password in it (scheme://user[:password]@host)."""
     return _URL_USERINFO.search(text) is not None
+
+
+def has_secret_query(url: str) -> bool:
+    """Whether `url` carries a secret-looking query parameter (password=, token=, ...)."""
+    return re.search(SECRET_QUERY_PATTERN, url) is not None
 
 
 def has_credentials(text: str) -> bool:

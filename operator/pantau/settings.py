@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pantau.builders.pool import PoolSettings
+from pantau.models.limits import MODEL_CLASSES
 
 
 class OperatorSettings(BaseSettings):
@@ -66,9 +67,30 @@ class OperatorSettings(BaseSettings):
         default=(),
         description="Networks (CIDRs) of ingest pods whose /status the operator may poll; empty = any.",
     )
+    admission_port: int = Field(
+        default=0, ge=0, le=65535, description="Port of the validating webhook (HTTPS); 0: not served."
+    )
+    admission_host: str = Field(default="0.0.0.0", description="Listen address of the validating webhook.")
+    admission_cert_dir: str = Field(
+        default="/etc/pantau/webhook", description="Directory holding the webhook's tls.crt and tls.key."
+    )
+    file_source_dirs: tuple[str, ...] = Field(
+        default=(), description="Directories (absolute) file:// camera sources may read; empty: none."
+    )
+    model_classes: tuple[str, ...] = Field(
+        default=MODEL_CLASSES, min_length=1, description="Class names the detector reports."
+    )
     status_timeout: float = Field(
         default=5.0, gt=0, description="Seconds one ingest pod's /status may take, whole body included."
     )
+
+    @field_validator("file_source_dirs")
+    @classmethod
+    def _absolute(cls, dirs: tuple[str, ...]) -> tuple[str, ...]:
+        relative = [d for d in dirs if not d.startswith("/")]
+        if relative:
+            raise ValueError(f"PANTAU_FILE_SOURCE_DIRS takes absolute directories: fix {', '.join(relative)}")
+        return dirs
 
     @field_validator("ingest_otel_env")
     @classmethod

@@ -21,6 +21,7 @@ from typing import Any
 import kopf
 
 from pantau.contract import ANNOTATION_PREFIX, LABEL_MANAGED_BY, LABEL_SITE, MANAGED_BY
+from pantau.handlers import admission
 from pantau.handlers.state import OperatorState, reconcile_site
 from pantau.k8s.api import ApiError
 from pantau.models import GROUP, VERSION
@@ -65,6 +66,7 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     ours = memo.get("settings") or OperatorSettings()
     configure(settings, ours)
     memo["state"] = OperatorState.create(ours)
+    admission.enable(settings, ours, memo)
 
 
 @kopf.on.cleanup()

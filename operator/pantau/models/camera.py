@@ -27,6 +27,7 @@ from pantau.models.limits import (
     MIN_RESOLUTION,
     SCHEMES,
 )
+from pantau.redact import has_secret_query
 
 _CREDENTIALS_IN_URL: Final = re.compile(CREDENTIALS_IN_URL_PATTERN)
 SUPPORTED_SCHEMES: Final = tuple(f"{scheme}://" for scheme in SCHEMES)
@@ -133,6 +134,11 @@ class Source(ApiModel):
             raise ValueError(
                 "the URL embeds a user name or password (user:pass@ or user@): remove them from "
                 "spec.source.url and put them in a Secret named by spec.source.credentialsSecretRef"
+            )
+        if has_secret_query(self.url):
+            raise ValueError(
+                "the URL carries a credential in its query (password=, token=, key=, ...): remove it from "
+                "spec.source.url and put the login in a Secret named by spec.source.credentialsSecretRef"
             )
         if not self.url.startswith(SUPPORTED_SCHEMES):
             raise ValueError(

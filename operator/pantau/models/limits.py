@@ -17,6 +17,7 @@ MAX_RESOLUTION: Final = 8192
 MAX_CLASSES: Final = 80  # the detector's label set (COCO)
 MAX_EVENT_SINKS: Final = 8
 MAX_URL: Final = 2048
+MAX_ALLOWED_NETWORKS: Final = 16
 
 DNS_LABEL_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -28,3 +29,19 @@ SCHEMES: Final = ("rtsp", "rtsps", "http", "https", "file")
 # The port a camera or sink URL connects to when it names none.
 DEFAULT_PORTS: Final = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
 WEBHOOK_URL_PATTERN: Final = r"^https?://[^/?#]+([/?#].*)?$"
+HEADER_NAME_PATTERN: Final = r"^[A-Za-z0-9][-A-Za-z0-9]*$"
+
+
+# COCO 2017 class names in the detector's output order (80 classes).
+MODEL_CLASSES: Final[tuple[str, ...]] = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
+    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
+    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
+    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
+    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
+    "teddy bear", "hair drier", "toothbrush",
+)  # fmt: skip

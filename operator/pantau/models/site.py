@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from decimal import Decimal
 from typing import Annotated, Final, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
-from pantau.models.camera import ClassNames, DnsLabel, Fps, Score, has_duplicates, url_has_credentials
+from pantau.models.camera import (
+    ClassNames,
+    DnsLabel,
+    Fps,
+    Score,
+    SecretKey,
+    SecretName,
+    has_duplicates,
+    url_has_credentials,
+)
 from pantau.models.conditions import ApiModel, Conditions, Generation
 from pantau.models.limits import (
+    HEADER_NAME_PATTERN,
+    MAX_ALLOWED_NETWORKS,
     MAX_CAMERAS_PER_POD,
     MAX_EVENT_SINKS,
     MAX_FPS_PER_POD,
@@ -17,6 +30,7 @@ from pantau.models.limits import (
     MAX_URL,
     WEBHOOK_URL_PATTERN,
 )
+from pantau.redact import has_secret_query
 
 # Kubernetes resource.Quantity, as the API server's own schema spells it.
 QUANTITY_PATTERN: Final = (
@@ -28,6 +42,22 @@ DEFAULT_CLASSES: Final = ("person", "bicycle", "car", "motorcycle", "bus", "truc
 
 Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN)] | int
 Count = Annotated[int, Field(ge=0)]
+
+
+def _check_network(value: str) -> str:
+    try:
+        if "/" not in value:
+            raise ValueError(value)
+        ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        raise ValueError(
+            "not a network in CIDR notation: write it as address/prefix with no host bits set, "
+            "e.g. 127.0.0.0/8 or fd00::/8"
+        ) from None
+    return value
+
+
+Network = Annotated[str, Field(max_length=64), AfterValidator(_check_network)]
 
 
 class Toleration(ApiModel):
@@ -54,14 +84,52 @@ class Placement(ApiModel):
     tolerations: Annotated[tuple[Toleration, ...], Field(max_length=16)] = ()
 
 
+_SUFFIXES: Final[dict[str, Decimal | int]] = {
+    "": 1, "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
+    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+}  # fmt: skip
+
+
+def quantity_value(quantity: str | int) -> Decimal:
+    """A resource.Quantity (already matching QUANTITY_PATTERN) as a number, to compare two of them.
+    Hand-written because the models may not import the Kubernetes client; the CRD's CEL rules use
+    the API server's own quantity() for the same comparisons."""
+    text = str(quantity)
+    number = re.match(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", text)
+    assert number is not None
+    return Decimal(number.group(0)) * Decimal(_SUFFIXES[text[number.end() :]])
+
+
 class ResourceList(ApiModel):
     cpu: Quantity | None = None
     memory: Quantity | None = None
+
+    @model_validator(mode="after")
+    def _check_sign(self) -> ResourceList:
+        for name in ("cpu", "memory"):
+            value = getattr(self, name)
+            if value is not None and quantity_value(value) < 0:
+                raise ValueError(f"{name} must not be negative: give a quantity such as 500m or 512Mi")
+        return self
 
 
 class Resources(ApiModel):
     requests: ResourceList | None = None
     limits: ResourceList | None = None
+
+    @model_validator(mode="after")
+    def _check_requests_within_limits(self) -> Resources:
+        if self.requests is None or self.limits is None:
+            return self
+        for name in ("cpu", "memory"):
+            asked, limit = getattr(self.requests, name), getattr(self.limits, name)
+            if asked is not None and limit is not None and quantity_value(asked) > quantity_value(limit):
+                raise ValueError(
+                    f"requests.{name} is above limits.{name}: lower spec.ingest.resources.requests.{name} "
+                    f"or raise spec.ingest.resources.limits.{name}"
+                )
+        return self
 
 
 class PodCapacity(ApiModel):
@@ -96,10 +164,19 @@ class CameraDefaults(ApiModel):
     min_score: Score = 0.35
 
 
+class HeaderSecretRef(ApiModel):
+    """A request header whose value is a Secret's key (e.g. Authorization: Bearer ...)."""
+
+    name: SecretName
+    key: SecretKey = "token"
+    header: Annotated[str, Field(max_length=64, pattern=HEADER_NAME_PATTERN)] = "Authorization"
+
+
 class EventSink(ApiModel):
     name: DnsLabel
     type: Literal["webhook", "stdout"]
     url: Annotated[str, Field(max_length=MAX_URL)] | None = None
+    header_secret_ref: HeaderSecretRef | None = None
 
     @model_validator(mode="after")
     def _check_url(self) -> EventSink:
@@ -114,6 +191,14 @@ class EventSink(ApiModel):
             )
         if self.url is not None and url_has_credentials(self.url):
             raise ValueError("the URL embeds a user name or password: remove them from spec.eventSinks[].url")
+        if self.url is not None and has_secret_query(self.url):
+            raise ValueError(
+                "the URL carries a credential in its query (token=, key=, ...): remove it from "
+                "spec.eventSinks[].url and send it in a header from a Secret named by "
+                "spec.eventSinks[].headerSecretRef"
+            )
+        if self.header_secret_ref is not None and self.type != "webhook":
+            raise ValueError("only webhook sinks send headers: remove spec.eventSinks[].headerSecretRef")
         if self.url is not None and not re.fullmatch(WEBHOOK_URL_PATTERN, self.url):
             raise ValueError(
                 "the webhook URL must start with http:// or https:// and name a host: "
@@ -130,6 +215,9 @@ class SiteSpec(ApiModel):
     inference: Inference | None = None
     camera_defaults: CameraDefaults = CameraDefaults()
     event_sinks: Annotated[tuple[EventSink, ...], Field(max_length=MAX_EVENT_SINKS)] = ()
+    # Networks of addresses a camera may not otherwise use (loopback, link-local, cloud metadata) that
+    # this Site's cameras and sinks may use after all, e.g. 127.0.0.0/8 for a relay on the node.
+    allowed_camera_networks: Annotated[tuple[Network, ...], Field(max_length=MAX_ALLOWED_NETWORKS)] = ()
 
     @model_validator(mode="after")
     def _check_sink_names(self) -> SiteSpec:

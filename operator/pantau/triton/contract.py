@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from pantau.models.limits import MODEL_CLASSES
+
 MODEL = "yolox"
 JPEG_MODEL = "yolox_jpeg"
 VERSION = "1"
@@ -71,19 +73,8 @@ def inputs(model: str, size: int) -> tuple[Tensor, ...]:
     raise KeyError(model)
 
 
-# COCO 2017 class names in the detector's output order (80 classes).
-CLASS_NAMES: tuple[str, ...] = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
-    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
-    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
-    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
-    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
-    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
-    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
-    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
-    "teddy bear", "hair drier", "toothbrush",
-)  # fmt: skip
+# The detector's class names in its output order (COCO 2017, 80 classes): the operator knows them too.
+CLASS_NAMES: tuple[str, ...] = MODEL_CLASSES
 VEHICLES = frozenset({"bicycle", "car", "motorcycle", "bus", "truck"})
 
 

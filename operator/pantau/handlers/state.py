@@ -35,7 +35,7 @@ from pantau.models.site import SiteSpec
 from pantau.reconcile.camera import CameraPlan, secrets_of
 from pantau.reconcile.facts import Event, ObjectFacts, PodFacts, SecretFacts, SiteObservation
 from pantau.reconcile.reports import camera_reports, pods_to_poll
-from pantau.reconcile.site import SitePlan, plan_site
+from pantau.reconcile.site import SitePlan, plan_site, sink_secrets
 from pantau.settings import OperatorSettings
 
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -321,6 +321,8 @@ async def reconcile_site(state: OperatorState, namespace: str, name: str, indexe
     if observed is None:
         return
     named = {s for c in observed.cameras if c.spec is not None for s in secrets_of(c.spec)}
+    if observed.site.spec is not None:
+        named |= set(sink_secrets(observed.site.spec))
     observed = replace(observed, secrets=await state.secrets.facts(namespace, named))
     pulled = await state.pull_reports(pods_to_poll(observed, state.settings.may_poll))
     reports = camera_reports(pulled, observed)

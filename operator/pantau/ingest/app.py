@@ -14,7 +14,7 @@ import base64
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,12 +45,15 @@ from pantau.triton.client import ClientSettings, Detector, InferenceError
 log = logging.getLogger("pantau.ingest")
 
 
-def build_sink(specs: Sequence[SinkSpec]) -> EventSink:
-    """The pod's sink for the Site's `eventSinks` (several: one MultiSink over them)."""
+def build_sink(
+    specs: Sequence[SinkSpec], headers: Mapping[str, Mapping[str, str]] | None = None
+) -> EventSink:
+    """The pod's sink for the Site's `eventSinks` (several: one MultiSink over them); `headers` are each
+    webhook sink's headers from Secrets, by sink name."""
     sinks: list[EventSink] = []
     for s in specs:
         if s.type == "webhook" and s.url:
-            sinks.append(WebhookSink(s.url))
+            sinks.append(WebhookSink(s.url, name=s.name, headers=(headers or {}).get(s.name)))
         elif s.type == "stdout":
             sinks.append(JsonLinesSink())
     return MultiSink(sinks) if len(sinks) != 1 else sinks[0]
@@ -161,14 +164,30 @@ class IngestApp:
         for name, worker in list(self.workers.items()):
             if worker.source_config() != before[name]:
                 await self._restart(name, worker.creds)
-        if spec.event_sinks != self.sink_specs:
-            old, self.ctx.sink = self.ctx.sink, build_sink(spec.event_sinks)
+        if spec.event_sinks != self.sink_specs or not self.site_known.is_set():
+            old, self.ctx.sink = self.ctx.sink, build_sink(spec.event_sinks, await self._sink_headers(spec))
             self.sink_specs = spec.event_sinks
             log.info("event sinks now: %s", ", ".join(s.name for s in spec.event_sinks) or "none")
             closing = asyncio.create_task(old.aclose(), name="close-old-sink")
             self.closing.add(closing)  # held: a task nobody references may be collected mid-flight
             closing.add_done_callback(self.closing.discard)
         self.site_known.set()
+
+    async def _sink_headers(self, spec: SiteSpec) -> dict[str, dict[str, str]]:
+        """Each webhook sink's header from its Secret; a sink whose Secret this pod cannot read goes
+        without it (the receiver refuses, and the sink counts the refusals) and the pod says why."""
+        found: dict[str, dict[str, str]] = {}
+        for sink in spec.event_sinks:
+            ref = sink.header_secret_ref
+            if ref is None:
+                continue
+            data = await self._secret_data(ref.name)
+            if data is None or ref.key not in data:
+                log.warning("sink %s: Secret %r or its key %r cannot be read: sending without %s",
+                            sink.name, ref.name, ref.key, ref.header)  # fmt: skip
+                continue
+            found[sink.name] = {ref.header: base64.b64decode(data[ref.key]).decode().strip()}
+        return found
 
     async def watch_site(self) -> None:
         field = f"metadata.name={self.settings.site}"

@@ -45,6 +45,11 @@ def camera_cost(spec: CameraSpec, site: SiteSpec) -> float:
     return float(fps) * pixels / FULL_HD
 
 
+def sink_secrets(spec: SiteSpec) -> list[str]:
+    """The Secrets the Site's webhook sinks read their header from."""
+    return [sink.header_secret_ref.name for sink in spec.event_sinks if sink.header_secret_ref is not None]
+
+
 def plan_site(
     observed: SiteObservation,
     settings: PoolSettings,
@@ -61,14 +66,10 @@ def plan_site(
     cameras = sorted(observed.cameras, key=lambda c: c.name)
     pool = size_pool(observed, cameras)
     # Only Secrets that exist and consent to this Site: no pool Role ever names any other.
+    named = {s for c in _active(cameras) if c.name not in pool.over_budget for s in secrets_of(c.spec)}
+    named |= set(sink_secrets(site.spec))
     secret_names = sorted(
-        {
-            s
-            for c in _active(cameras)
-            if c.name not in pool.over_budget
-            for s in secrets_of(c.spec)
-            if s in pool.secrets and pool.secrets[s].refusal(s, site.name) is None
-        }
+        s for s in named if s in pool.secrets and pool.secrets[s].refusal(s, site.name) is None
     )
     owner = SiteRef(name=site.name, namespace=site.namespace, uid=site.uid)
     plans = {c.name: plan_camera(c, pool, (reports or {}).get(c.name), now) for c in cameras}

@@ -3,6 +3,7 @@ proven with `kubectl auth can-i` against the real RBAC authorizer."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,8 +11,10 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
 
 from pantau.builders.pool import SiteRef, build_pool
+from pantau.handlers import admission
 from pantau.models import SiteSpec
 from pantau.settings import OperatorSettings
 from pantau_dev.chart import CHART, LINT_VALUES, Tools, lint
@@ -110,7 +113,7 @@ def test_otel_values_reach_the_operator(offline: Tools) -> None:
         ingest_otel_env=json.loads(env["PANTAU_INGEST_OTEL_ENV"]),
         ingest_service_name=env["PANTAU_INGEST_SERVICE_NAME"],
     )
-    site = SiteSpec.model_validate({"ingest": {"minPods": 1}})
+    site = SiteSpec.model_validate({"displayName": "Kota", "region": "Kota Bengkulu"})
     pool = build_pool(SiteRef("kota", "ns", "uid"), site, 1, [], settings.pool())
     (sts,) = [o for o in pool if o["kind"] == "StatefulSet"]
     pod_env = {e["name"]: e.get("value") for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
@@ -217,3 +220,41 @@ def test_the_operator_may_do_only_what_it_needs(
     result = tools.kubectl("auth", "can-i", verb, resource, *args, f"--as={rbac_only}", check=False)
     answer = result.stdout.strip()
     assert answer == ("yes" if allowed else "no"), f"{verb} {resource} {scope}: {answer} {result.stderr}"
+
+
+def test_the_webhook_is_served_with_a_certificate_its_ca_bundle_trusts(offline: Tools) -> None:
+    docs = render(offline)
+    (config,) = [d for d in docs if d["kind"] == "ValidatingWebhookConfiguration"]
+    (tls,) = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].endswith("-webhook-tls")]
+    (operator,) = [d for d in docs if d["kind"] == "Deployment" and "operator" in d["metadata"]["name"]]
+    service = operator["metadata"]["name"]
+    # The paths are the operator's handler ids (Kopf serves /<id>).
+    paths = {w["name"]: w["clientConfig"]["service"]["path"] for w in config["webhooks"]}
+    assert paths == {
+        "cameras.pantau.io": f"/{admission.CAMERA_WEBHOOK}",
+        "sites.pantau.io": f"/{admission.SITE_WEBHOOK}",
+    }
+    for webhook in config["webhooks"]:
+        assert webhook["clientConfig"]["service"]["name"] == service
+        assert webhook["failurePolicy"] == "Fail"
+        assert webhook["sideEffects"] == "None"
+    ca = x509.load_pem_x509_certificate(base64.b64decode(config["webhooks"][0]["clientConfig"]["caBundle"]))
+    served = x509.load_pem_x509_certificate(base64.b64decode(tls["data"]["tls.crt"]))
+    served.verify_directly_issued_by(ca)
+    names = served.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName
+    )
+    assert f"{service}.pantau-system.svc" in names
+    container = operator["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["PANTAU_ADMISSION_PORT"] == "9443"
+    assert container["readinessProbe"]["tcpSocket"]["port"] == "webhook"
+
+
+def test_without_the_webhook_nothing_of_it_is_rendered(offline: Tools) -> None:
+    docs = render(offline, "admission.enabled=false")
+    assert not [d for d in docs if d["kind"] == "ValidatingWebhookConfiguration"]
+    assert not [d for d in docs if d["metadata"]["name"].endswith("-webhook-tls")]
+    (operator,) = [d for d in docs if d["kind"] == "Deployment" and "operator" in d["metadata"]["name"]]
+    env = {e["name"] for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "PANTAU_ADMISSION_PORT" not in env

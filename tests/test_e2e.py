@@ -338,3 +338,33 @@ def test_site_change_reaches_running_pods_without_a_rollout(demo: Demo) -> None:
     after = ingest_pods(demo)
     for pod, (uid, restarts) in pods_before.items():
         assert after[pod] == (uid, restarts), f"pod {pod} was restarted"
+
+
+def test_a_killed_ingest_pod_streams_again_within_30_s(demo: Demo, record_property: Any) -> None:
+    """The pod serving a camera is killed (deleted with no grace: its processes get SIGKILL): the
+    camera says so while no pod reads it, and streams again, from the pod the StatefulSet recreates,
+    within 30 s."""
+    wait_for(
+        lambda: camera(demo, "simpang-lima").get("status", {}).get("streaming"), timeout=60, what="streaming"
+    )
+    pod = camera(demo, "simpang-lima")["status"]["pod"]
+    old_uid = next(p["metadata"]["uid"] for p in demo.objects("pods") if p["metadata"]["name"] == pod)
+    killed = time.monotonic()
+    demo.kubectl("delete", "pod", pod, "--grace-period=0", "--force", "--wait=false")
+
+    def told() -> dict[str, Any] | None:
+        status = camera(demo, "simpang-lima").get("status", {})
+        return status if status.get("streaming") is not True else None
+
+    wait_for(told, timeout=30, what="the camera no longer streaming", interval=0.5)
+
+    def again() -> dict[str, Any] | None:
+        status = camera(demo, "simpang-lima").get("status", {})
+        pods = {p["metadata"]["name"]: p["metadata"]["uid"] for p in demo.objects("pods")}
+        return status if status.get("streaming") is True and pods.get(pod) not in (None, old_uid) else None
+
+    wait_for(again, timeout=30, what="streaming again from the recreated pod", interval=0.5)
+    took = time.monotonic() - killed
+    record_property("pod_killed_restream_s", round(took, 1))
+    print(f"ingest pod {pod} killed: the camera streams again after {took:.1f} s")
+    assert took <= 30

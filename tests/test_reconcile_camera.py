@@ -134,7 +134,10 @@ def test_a_report_is_not_read_while_the_pod_is_not_ready() -> None:
     plan = plan_camera(cam("a"), pool({POD: False}), report("a", "Backoff", reason="AuthFailed"), NOW)
     assert plan.status is not None
     assert ready_condition(plan.status)["reason"] == "PodNotReady"
-    assert "Streaming" not in {c["type"] for c in plan.status["conditions"]}
+    # Whatever the pod said before it went: no pod reads the camera now, so it is not streaming.
+    streaming = {c["type"]: c for c in plan.status["conditions"]}["Streaming"]
+    assert (streaming["status"], streaming["reason"]) == ("False", "PodNotReady")
+    assert plan.status["streaming"] is False
 
 
 def test_a_ready_pod_without_a_report_makes_the_camera_unknown_never_ready() -> None:
@@ -159,6 +162,7 @@ def test_a_ready_pod_without_a_report_makes_the_camera_unknown_never_ready() -> 
     assert (conditions["Streaming"]["status"], conditions["Streaming"]["reason"]) == ("Unknown", "NoReport")
     assert POD in conditions["Ready"]["message"]
     assert plan.status["reason"] == "NoReport"
+    assert "streaming" not in plan.status  # unknown: `kubectl get` shows <none>, not an old True
     assert not plan.ready
     assert not plan.failed  # nothing for the user to fix: the next report decides
 

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import shutil
+import time
 import ssl
 import sysconfig
 from pathlib import Path
@@ -189,6 +190,15 @@ class DevStack:
                 record=triton,
             )
         return self.status()
+
+    def restart(self, name: str, grace: float = 10.0) -> float:
+        """Stop one of the stack's processes (SIGTERM, SIGKILL after `grace`) and bring the stack back
+        up, waiting until all of it is ready again: a fault for the reliability tests. Returns the
+        seconds until it was ready."""
+        started = time.monotonic()
+        self.procs.stop(name, grace=grace)
+        self.up()
+        return time.monotonic() - started
 
     def down(self, purge: bool = False) -> list[str]:
         """Stop every process of the stack, pods included; `purge` also deletes the state."""

@@ -125,6 +125,8 @@ def plan_camera(
     status.update(observedGeneration=camera.generation, conditions=dump(conditions), shard=pod, pod=pod)
     if pod is not None and report is not None:
         status.update(report_facts(report, camera.status, now))
+    else:
+        status["streaming"] = False if verdict.ok is False else None  # None: unknown, the key is dropped
     status["reason"] = None if verdict.ok else verdict.reason
     status = {k: v for k, v in status.items() if v is not None}
     events = _reassigned(camera, pod) + _told(camera, find_condition(conditions, "Ready"))
@@ -157,6 +159,8 @@ def _wanted(
     elif verdict.ok and report is not None:
         streaming, verdict = report_verdict(report, pod)
         wanted.append(condition("Streaming", streaming, gen, now))
+    elif verdict.reason == "PodNotReady":
+        wanted.append(condition("Streaming", verdict, gen, now))  # no pod reads it: not streaming
     wanted.append(condition("Ready", verdict, gen, now))
     return wanted, verdict
 

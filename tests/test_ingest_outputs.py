@@ -205,6 +205,12 @@ def fast_sink(url: str, **kwargs: Any) -> WebhookSink:
     return WebhookSink(url, **(settings | kwargs))
 
 
+@pytest.fixture(params=["memory", "disk"])
+def spool_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Path | None:
+    """Where a sink keeps undelivered events: in memory, or on disk (SQLite, one file per sink)."""
+    return tmp_path / "spool" if request.param == "disk" else None
+
+
 @pytest.mark.parametrize(
     ("outage", "events"),
     [
@@ -214,10 +220,12 @@ def fast_sink(url: str, **kwargs: Any) -> WebhookSink:
         pytest.param(1.0, 1000, id="60s-outage-scaled-1000-events"),
     ],
 )
-async def test_webhook_outage_loses_nothing_and_keeps_order(outage: float, events: int) -> None:
+async def test_webhook_outage_loses_nothing_and_keeps_order(
+    outage: float, events: int, spool_dir: Path | None
+) -> None:
     receiver = Receiver()
     await receiver.up()
-    sink = fast_sink(receiver.url, batch_size=50)
+    sink = fast_sink(receiver.url, batch_size=50, spool_dir=spool_dir)
     try:
         for seq in range(5):
             await sink.publish(event(seq))
@@ -257,9 +265,9 @@ async def test_webhook_outage_loses_nothing_and_keeps_order(outage: float, event
     assert len(receiver.accepted_ids()) == total  # no duplicates here: every failure was a clean one
 
 
-async def test_webhook_full_buffer_drops_the_oldest_and_counts_them() -> None:
+async def test_webhook_full_buffer_drops_the_oldest_and_counts_them(spool_dir: Path | None) -> None:
     receiver = Receiver()  # not up yet: connection refused
-    sink = fast_sink(receiver.url, buffer_size=10, batch_size=5)
+    sink = fast_sink(receiver.url, buffer_size=10, batch_size=5, spool_dir=spool_dir)
     try:
         for seq in range(25):
             await sink.publish(event(seq))
@@ -274,6 +282,33 @@ async def test_webhook_full_buffer_drops_the_oldest_and_counts_them() -> None:
         await receiver.down()
     assert receiver.accepted_ids() == [event(seq).frame_id for seq in range(15, 25)]
     assert sink.stats.dropped == 15
+
+
+async def test_webhook_events_on_disk_outlive_a_restart_of_the_pod(tmp_path: Path) -> None:
+    """Undelivered events kept on disk when the sink closes (the container stops) are delivered, first
+    and in order, by the sink of the next start on the same volume; nothing is counted as lost."""
+    receiver = Receiver()  # down: nothing can be delivered before the restart
+    spool = tmp_path / "spool"
+    before = fast_sink(receiver.url, batch_size=7, spool_dir=spool)
+    for seq in range(30):
+        await before.publish(event(seq))
+    await until(lambda: before.stats.retries >= 1, within=10, what="a failed attempt")
+    await before.aclose(grace=0.5)
+    assert before.stats.dropped == 0
+    assert before.stats.pending == 30  # kept, not lost
+
+    await receiver.up()
+    after = fast_sink(receiver.url, batch_size=7, spool_dir=spool)
+    try:
+        await until(lambda: after.stats.delivered == 30, within=15, what="the kept events delivered")
+        for seq in range(30, 40):
+            await after.publish(event(seq))
+        await until(lambda: after.stats.pending == 0, within=15, what="the new events delivered")
+    finally:
+        await after.aclose()
+        await receiver.down()
+    assert first_seen(receiver.accepted_ids()) == [event(i).frame_id for i in range(40)]
+    assert (after.stats.delivered, after.stats.dropped) == (40, 0)
 
 
 async def test_webhook_rejected_batch_is_dropped_and_counted_and_secrets_stay_out_of_logs(

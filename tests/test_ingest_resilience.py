@@ -4,8 +4,8 @@ Camera workers run in-process on the test's event loop, with a real Detector on 
 GStreamer RTSP test camera serving real footage, the real fault proxy, a real webhook receiver
 (aiohttp) and the stack's Jaeger. Nothing is mocked. Where the issue names a figure the
 test uses it as it is: the 10 s stall watchdog (the production `read_timeout`), the 60 s floor
-between connection attempts after 3 authentication failures, a 30 s Triton outage, a 60 s webhook
-outage. Every other timing is the production default.
+between connection attempts after 3 authentication failures, a 30 s Triton outage, a 10-minute webhook
+outage (issue 12; events kept on disk). Every other timing is the production default.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ READ_TIMEOUT = 10.0  # the issue's stall watchdog: no frame for 10 s -> reconnec
 AUTH_BACKOFF = 60.0  # the issue's floor between attempts after 3 authentication failures (the default)
 DETECTION_SLACK = 1.0  # the stall is noticed on the event loop, shortly after the watchdog fires
 TRITON_OUTAGE = 30.0
-WEBHOOK_OUTAGE = 60.0
+WEBHOOK_OUTAGE = 600.0  # the issue's 10 minutes, in real time
 FPS = 2  # samples per second of every test camera
 RTSP_USER = "viewer"
 OPEN_STATES = frozenset({psutil.CONN_ESTABLISHED, psutil.CONN_SYN_SENT, psutil.CONN_CLOSE_WAIT})
@@ -628,7 +628,7 @@ async def test_status_and_healthz_tell_what_the_calls_found(
         await kube.aclose()
 
 
-# ----- webhook down for 60 s -------------------------------------------------------------------------------
+# ----- webhook down for 10 minutes -------------------------------------------------------------------------------
 
 
 class Receiver:
@@ -661,13 +661,14 @@ class Receiver:
             self._runner = None
 
 
-async def test_webhook_down_for_60_s_loses_no_event(
+async def test_webhook_down_for_10_minutes_loses_no_event(
     rtsp: RtspCameraServer, triton: str, tmp_path: Path, record_property: Any
 ) -> None:
     receiver = Receiver()
     await receiver.up()
     published = tmp_path / "published.jsonl"  # every event the pipeline published, as written
-    webhook = WebhookSink(receiver.url)  # production buffer, retries and back-off (capped at 10 s)
+    # Production buffer (10,000 events, on disk as in the pods), retries and back-off (capped at 10 s).
+    webhook = WebhookSink(receiver.url, spool_dir=tmp_path / "spool")
     try:
         async with (
             await Detector.connect(ClientSettings(url=triton)) as detector,

@@ -14,9 +14,9 @@ import contextlib
 import json
 import os
 import shutil
-import time
 import ssl
 import sysconfig
+import time
 from pathlib import Path
 from typing import Any
 

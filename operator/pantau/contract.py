@@ -104,6 +104,9 @@ class IngestSettings(BaseSettings):
     auth_backoff: float = Field(default=60.0, gt=0, validation_alias=_env("PANTAU_INGEST_AUTH_BACKOFF"))
     secret_refresh: float = Field(default=60.0, gt=0, validation_alias=_env("PANTAU_INGEST_SECRET_REFRESH"))
     max_batch: int = Field(default=8, ge=1, validation_alias=_env("PANTAU_INGEST_MAX_BATCH"))
+    # Where webhook sinks keep undelivered events (one SQLite file per sink), on the pod's volume so they
+    # outlive a container restart; unset: in memory only.
+    spool_dir: str | None = Field(default=None, validation_alias=_env("PANTAU_INGEST_SPOOL_DIR"))
     # Seconds between readiness checks of Triton while no inference has told how it is.
     triton_check: float = Field(default=5.0, gt=0, validation_alias=_env("PANTAU_INGEST_TRITON_CHECK"))
     # A frame in processing for longer than this means the pipeline is stuck: /healthz fails, so the

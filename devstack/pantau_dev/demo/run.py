@@ -46,25 +46,41 @@ def load_detector(stack: DevStack) -> None:
     client.close()
 
 
+def _new_password() -> str:
+    """A fresh password, only ever in the camera's config file (0600) and a Secret."""
+    return "demo-" + "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(16))
+
+
 class Demo:
     def __init__(self, stack: DevStack, namespace: str = NAMESPACE) -> None:
         self.stack = stack
         self.namespace = namespace
         self.info: StackInfo = stack.status()
-        # A fresh password per run, only ever in the camera's config file (0600) and a Secret.
-        self.password = "demo-" + "".join(
-            secrets.choice(string.ascii_letters + string.digits) for _ in range(16)
-        )
+        self.password = _new_password()
+        self.old_passwords: list[str] = []  # rotated out (rotate_password): they must not leak either
         self.rtsp_port = free_port()
         self.release = Release(Tools(stack.settings, stack.kubeconfig))
-        self.cameras = RtspCameraServer(
-            stack.procs,
+        self.cameras = self._camera_server()
+
+    def _camera_server(self) -> RtspCameraServer:
+        return RtspCameraServer(
+            self.stack.procs,
             "demo-cameras",
             self.rtsp_port,
             self._mounts(),
-            stack.state / "demo",
+            self.stack.state / "demo",
             host=self.info.host_ip,
         )
+
+    def rotate_password(self) -> None:
+        """A new password for the protected camera, as its owner rotates it: first on the camera (its
+        server restarts with it, dropping the sessions), then in the Secret."""
+        self.old_passwords.append(self.password)
+        self.password = _new_password()
+        self.cameras.stop()
+        self.cameras = self._camera_server()
+        self.cameras.start()
+        self.kubectl("apply", "-f", "-", stdin=json.dumps(self._secret()))
 
     def _mounts(self) -> list[RtspMount]:
         vtest = self.stack.settings.shared_dir / "footage" / "vtest.avi"
@@ -119,7 +135,12 @@ class Demo:
             timeout=30,
             what="the namespace's default ServiceAccount",
         )
-        secret = {
+        self.kubectl("apply", "-f", "-", stdin=json.dumps(self._secret()))
+        self.kubectl("apply", "-f", str(DEMO_DIR / "sites.yaml"))
+        self.kubectl("apply", "-f", "-", stdin=self.render_cameras())
+
+    def _secret(self) -> dict[str, Any]:
+        return {
             "apiVersion": "v1",
             "kind": "Secret",
             # Consent: Cameras of the market's Site may use this login, no others.
@@ -130,9 +151,6 @@ class Demo:
             },
             "stringData": {"username": "viewer", "password": self.password},
         }
-        self.kubectl("apply", "-f", "-", stdin=json.dumps(secret))
-        self.kubectl("apply", "-f", str(DEMO_DIR / "sites.yaml"))
-        self.kubectl("apply", "-f", "-", stdin=self.render_cameras())
 
     def render_cameras(self) -> str:
         text = (DEMO_DIR / "cameras.yaml").read_text()

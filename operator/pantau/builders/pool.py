@@ -66,6 +66,8 @@ NONROOT_ID: Final = 65532
 TMP_VOLUME: Final = "tmp"
 TMP_PATH: Final = "/tmp"  # noqa: S108 (a private emptyDir, the only writable path of the container)
 TMP_SIZE_LIMIT: Final = "256Mi"
+# Undelivered events of the webhook sinks, on the pod's volume: they outlive a container restart.
+SPOOL_PATH: Final = f"{TMP_PATH}/spool"
 TERMINATION_GRACE_SECONDS: Final = 30
 
 # Used when the Site names no resources. Memory is limited (a leak in a decoder must not take the node
@@ -342,6 +344,7 @@ def _env(site: SiteRef, spec: SiteSpec, settings: PoolSettings) -> list[Manifest
         triton_address=(inference.triton_address if inference else None) or settings.triton_address,
         model=(inference.model if inference else None) or settings.model,
         port=INGEST_PORT,
+        spool_dir=SPOOL_PATH,
     )
     # Camera defaults and event sinks are not in the environment: the pods watch their Site for them,
     # so changing them does not change the pod template (no rollout, no stream interrupted).

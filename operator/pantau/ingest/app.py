@@ -16,6 +16,7 @@ import logging
 import signal
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -46,14 +47,18 @@ log = logging.getLogger("pantau.ingest")
 
 
 def build_sink(
-    specs: Sequence[SinkSpec], headers: Mapping[str, Mapping[str, str]] | None = None
+    specs: Sequence[SinkSpec],
+    headers: Mapping[str, Mapping[str, str]] | None = None,
+    spool_dir: str | None = None,
 ) -> EventSink:
     """The pod's sink for the Site's `eventSinks` (several: one MultiSink over them); `headers` are each
-    webhook sink's headers from Secrets, by sink name."""
+    webhook sink's headers from Secrets, by sink name; `spool_dir` where they keep undelivered events."""
     sinks: list[EventSink] = []
+    spool = Path(spool_dir) if spool_dir else None
     for s in specs:
         if s.type == "webhook" and s.url:
-            sinks.append(WebhookSink(s.url, name=s.name, headers=(headers or {}).get(s.name)))
+            header = (headers or {}).get(s.name)
+            sinks.append(WebhookSink(s.url, name=s.name, headers=header, spool_dir=spool))
         elif s.type == "stdout":
             sinks.append(JsonLinesSink())
     return MultiSink(sinks) if len(sinks) != 1 else sinks[0]
@@ -165,7 +170,10 @@ class IngestApp:
             if worker.source_config() != before[name]:
                 await self._restart(name, worker.creds)
         if spec.event_sinks != self.sink_specs or not self.site_known.is_set():
-            old, self.ctx.sink = self.ctx.sink, build_sink(spec.event_sinks, await self._sink_headers(spec))
+            old, self.ctx.sink = (
+                self.ctx.sink,
+                build_sink(spec.event_sinks, await self._sink_headers(spec), self.settings.spool_dir),
+            )
             self.sink_specs = spec.event_sinks
             log.info("event sinks now: %s", ", ".join(s.name for s in spec.event_sinks) or "none")
             closing = asyncio.create_task(old.aclose(), name="close-old-sink")
@@ -335,7 +343,7 @@ async def main(settings: IngestSettings) -> None:
         pod=settings.pod_name,
         model=settings.model,
         detector=detector,
-        sink=build_sink(settings.event_sinks),
+        sink=build_sink(settings.event_sinks, spool_dir=settings.spool_dir),
         tracer=provider.get_tracer("pantau.ingest"),
         defaults=settings.camera_defaults,
         queue_size=settings.queue_size,

@@ -4,13 +4,14 @@ An event names the camera, site and pod, the frame's capture time and id, the de
 box in the original frame's pixels) and the W3C `traceparent` of the frame's trace. Sinks:
 
 - `JsonLinesSink`: one JSON object per line, to stdout (the pod log) or a file.
-- `WebhookSink`: HTTP POSTs of JSON arrays of events, from a bounded in-memory buffer, retried with
-  capped, jittered exponential back-off while the receiver is down.
+- `WebhookSink`: HTTP POSTs of JSON arrays of events, from a bounded buffer (in memory, or on disk in
+  the pod's volume: `spool`), retried with capped, jittered exponential back-off while the receiver is
+  down.
 - `MultiSink`: the same event to several sinks.
 
 Delivery guarantee of `WebhookSink` (see docs/events.md): at-least-once and in order for every event that
-is still in the buffer when the receiver comes back; when the buffer is full the oldest waiting event is
-dropped and counted. The `frame_id` is unique per frame, so receivers de-duplicate on it.
+is still in the buffer when the receiver comes back (on disk: also after a restart of the container);
+when the buffer is full the oldest waiting event is dropped and counted. The `frame_id` is unique per frame, so receivers de-duplicate on it.
 
 `publish` only enqueues (the frame pipeline never waits for a receiver); the network work happens in a
 background task. Header values (an auth token from a Secret) and the webhook URL's path and query (which
@@ -25,7 +26,6 @@ import logging
 import os
 import random
 import sys
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,6 +38,7 @@ import httpx
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 from pantau.contract import SinkStats
+from pantau.ingest.spool import DiskSpool, MemorySpool, Spool
 from pantau.redact import has_userinfo, redact_url
 
 log = logging.getLogger(__name__)
@@ -264,6 +265,7 @@ class WebhookSink(_Closing):
         backoff_cap: float = 10.0,
         linger: float = 0.05,
         headers: Mapping[str, str] | None = None,
+        spool_dir: Path | None = None,
     ) -> None:
         # Messages never quote the URL: it may hold a token.
         parts = urlsplit(url)
@@ -288,8 +290,8 @@ class WebhookSink(_Closing):
         self._backoff_cap = backoff_cap
         self._linger = linger
         self._headers = {"Content-Type": CONTENT_TYPE, "User-Agent": USER_AGENT, **(headers or {})}
-        self._queue: deque[str] = deque()  # serialized events, oldest first
-        self._in_flight: list[str] = []
+        # Serialized events, oldest first: on disk (one SQLite file per sink) when given a directory.
+        self._queue: Spool = DiskSpool(spool_dir / f"{name}.sqlite") if spool_dir else MemorySpool()
         self._counters = _Counters()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -297,6 +299,12 @@ class WebhookSink(_Closing):
         self._closed = False
         self._failing = False  # between the first failure and the next success: log once per outage
         self._overflowing = False
+        if len(self._queue):  # kept from before a restart: deliver them first, without waiting for more
+            log.info("event sink %s (%s): %d events kept from before; delivering", name, self._origin,
+                     len(self._queue))  # fmt: skip
+            with contextlib.suppress(RuntimeError):  # no running loop: the first publish starts it
+                asyncio.get_running_loop()
+                self._start()
 
     def __repr__(self) -> str:
         return f"WebhookSink(name={self._name!r}, origin={self._origin!r})"
@@ -307,7 +315,7 @@ class WebhookSink(_Closing):
 
     @property
     def stats(self) -> SinkStats:
-        return self._counters.snapshot(self._name, pending=len(self._queue) + len(self._in_flight))
+        return self._counters.snapshot(self._name, pending=len(self._queue))
 
     async def publish(self, event: DetectionEvent) -> None:
         self._counters.published += 1
@@ -321,12 +329,9 @@ class WebhookSink(_Closing):
 
     def _trim(self) -> None:
         """Drop the oldest waiting events until at most `buffer_size` are held."""
-        excess = len(self._queue) + len(self._in_flight) - self._buffer_size
-        excess = min(excess, len(self._queue))
+        excess = self._queue.trim(self._buffer_size)
         if excess <= 0:
             return
-        for _ in range(excess):
-            self._queue.popleft()
         self._counters.drop(DROP_BUFFER_FULL, excess)
         if not self._overflowing:
             self._overflowing = True
@@ -369,10 +374,10 @@ class WebhookSink(_Closing):
                 continue
             if self._linger and len(self._queue) < self._batch_size and not self._closed:
                 await asyncio.sleep(self._linger)  # let a partial batch fill
-            count = min(self._batch_size, len(self._queue))
-            self._in_flight = [self._queue.popleft() for _ in range(count)]
-            outcome, retry_after = await self._post(self._in_flight)
-            batch, self._in_flight = self._in_flight, []
+            batch = self._queue.take(self._batch_size)
+            outcome, retry_after = await self._post(batch)
+            if outcome != "retry":
+                self._queue.done()
             if outcome == "delivered":
                 self._counters.delivered += len(batch)
                 if self._failing:
@@ -388,7 +393,7 @@ class WebhookSink(_Closing):
             elif outcome == "rejected":
                 self._counters.drop(DROP_REJECTED, len(batch))
             else:
-                self._queue.extendleft(reversed(batch))
+                self._queue.retry()
                 self._trim()
                 failures += 1
                 self._counters.retries += 1
@@ -447,7 +452,8 @@ class WebhookSink(_Closing):
                     await task
             except Exception:
                 log.exception("event sink %s: the delivery task failed", self._name)
-        lost = len(self._queue) + len(self._in_flight)
+        kept = len(self._queue) if self._queue.persistent else 0
+        lost = self._queue.close()
         if lost:
             self._counters.drop(DROP_SHUTDOWN, lost)
             log.warning(
@@ -457,8 +463,9 @@ class WebhookSink(_Closing):
                 lost,
                 grace,
             )
-        self._queue.clear()
-        self._in_flight = []
+        if kept:
+            log.info("event sink %s (%s): %d events kept on disk for the next start", self._name,
+                     self._origin, kept)  # fmt: skip
         if self._client is not None:
             await self._client.aclose()
             self._client = None

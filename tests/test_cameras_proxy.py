@@ -289,6 +289,21 @@ def test_proxy_blackhole(proxy: FaultProxy, echo_server: socketserver.ThreadingT
     assert echo_server.connections == 0  # type: ignore[attr-defined]
 
 
+def test_proxy_sever_silences_open_links_for_good_and_serves_new_ones(proxy: FaultProxy) -> None:
+    with connect(proxy) as old:
+        round_trip(old)
+        proxy.sever()
+        old.sendall(b"hello?")
+        old.settimeout(2.0)
+        with pytest.raises(TimeoutError):
+            old.recv(1)  # silent: no data, no FIN, no RST
+        with connect(proxy) as new:
+            round_trip(new)  # a client that reconnects is served
+        proxy.pass_through()
+        with pytest.raises(TimeoutError):
+            old.recv(1)  # still silent: the flow is gone for good
+
+
 def test_rtsp_through_proxy_stall_times_out(rtsp: RtspCameraServer, table: ProcessTable) -> None:
     with FaultProxy(table, "rtsp-proxy", "127.0.0.1", rtsp.port) as fault_proxy:
         url = f"rtsp://{fault_proxy.address}/vtest"

@@ -628,7 +628,7 @@ async def test_status_and_healthz_tell_what_the_calls_found(
         await kube.aclose()
 
 
-# ----- webhook down for 10 minutes -------------------------------------------------------------------------------
+# ----- webhook down for 10 minutes --------------------------------------------------------------------
 
 
 class Receiver:

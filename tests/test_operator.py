@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -21,6 +22,7 @@ from kubernetes import client
 
 from pantau.contract import ANNOTATION_CREDENTIALS_SITES, LABEL_CREDENTIALS
 from pantau_dev.chart import Tools, operator_kubeconfig
+from pantau_dev.faultproxy import FaultProxy
 from pantau_dev.net import free_port
 from pantau_dev.procs import ProcessRecord, ProcessTable, wait_for
 from pantau_dev.settings import REPO_ROOT
@@ -38,11 +40,17 @@ SERVED = "NoReport"
 class Operator:
     """`pantau operator` as a real process, restartable, under the chart's ServiceAccount."""
 
-    def __init__(self, stack: DevStack, tmp: Path) -> None:
+    def __init__(
+        self, stack: DevStack, tmp: Path, server: str | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.table = ProcessTable(tmp / "pids", tmp / "logs")
         self.port = free_port()
         tools = Tools(stack.settings, stack.kubeconfig)
         kubeconfig = operator_kubeconfig(tools, stack.status(), "pantau-host-operator", tmp / "kubeconfig")
+        if server is not None:  # another way to the API server (a fault proxy): same certificate names
+            config = yaml.safe_load(kubeconfig.read_text())
+            config["clusters"][0]["cluster"]["server"] = server
+            kubeconfig.write_text(yaml.safe_dump(config))
         self.env = {
             **os.environ,
             "KUBECONFIG": str(kubeconfig),
@@ -51,6 +59,7 @@ class Operator:
             "PANTAU_LIVENESS_HOST": "127.0.0.1",
             "PANTAU_LIVENESS_PORT": str(self.port),
             "PANTAU_STATUS_NETWORKS": '["127.0.0.0/8"]',
+            **(env or {}),
         }
         self.record: ProcessRecord | None = None
 
@@ -588,3 +597,47 @@ def test_api_server_restart_watches_resume_within_30_s(
     assert operator.healthy()
     assert operator.record is not None
     assert operator.record.alive(), "the operator exited with the API server"
+
+
+def test_a_watch_gone_silent_is_noticed_and_listed_again(
+    operator: Operator,
+    kubectl: list[str],
+    namespace: str,
+    objs: Objects,
+    dev_stack: DevStack,
+    tmp_path: Path,
+    record_property: Any,
+) -> None:
+    """An operator reaches the API server through a fault proxy that then severs every open
+    connection silently (no FIN, no RST: a NAT that forgot the flows). Its watches hear nothing; the
+    inactivity timeout (10 s here, PANTAU_INACTIVITY_TIMEOUT) restarts them on new connections, and
+    a Camera created meanwhile is served. Without it the watch would wait for its client timeout
+    (330 s)."""
+    operator.stop()  # this test runs an operator of its own, through the proxy
+    api = urlsplit(dev_stack.status().api_server)
+    table = ProcessTable(tmp_path / "pids", tmp_path / "logs")
+    proxy = FaultProxy(table, "api-proxy", str(api.hostname), int(api.port or 443))
+    proxy.start()
+    silent = Operator(
+        dev_stack, tmp_path / "op", server=f"https://{proxy.address}", env={"PANTAU_INACTIVITY_TIMEOUT": "10"}
+    )
+    try:
+        silent.start()
+        apply(kubectl, namespace, site("silence"), camera("heard", "silence"))
+        wait_for(lambda: objs.ready("camera", "heard", reason=SERVED), timeout=60, what="served first")
+        proxy.sever()
+        severed = time.monotonic()
+        apply(kubectl, namespace, camera("unheard", "silence"))
+        wait_for(
+            lambda: objs.ready("camera", "unheard", reason=SERVED),
+            timeout=120,
+            what="served after the silence",
+        )
+        took = time.monotonic() - severed
+        record_property("silent_watch_recovered_s", round(took, 1))
+        print(f"every connection severed silently: a new Camera served {took:.1f} s later")
+        assert took <= 60
+    finally:
+        silent.stop()
+        proxy.stop()
+        operator.start()

@@ -13,6 +13,9 @@ Modes (they apply to existing and new connections alike, unless said otherwise):
 - reset: abort every connection with an RST (SO_LINGER 0), and reset new ones on accept.
 - delay: hold each chunk `delay_ms` after it was read, in each direction (a round trip gains
   twice the delay). Throughput is not throttled: chunks are queued, not serialised on the delay.
+- sever: the connections open at that moment go silent for good in both directions, sockets left open
+  (no FIN, no RST): a NAT or load balancer that forgot the flow. Connections made afterwards pass,
+  whatever the mode; so a client that notices the silence and reconnects is served again.
 - blackhole: accept, read and discard; never answer. New connections never reach the target and
   stay black-holed even after the mode changes; existing ones lose whatever flows meanwhile
   (both directions) and carry on with later data once the mode changes back.
@@ -43,7 +46,7 @@ HOST = "127.0.0.1"
 CHUNK = 64 * 1024
 QUEUE_CHUNKS = 256  # per direction; bounds what the delay mode holds in memory
 
-Mode = Literal["pass", "stall", "reset", "delay", "blackhole"]
+Mode = Literal["pass", "stall", "reset", "delay", "blackhole", "sever"]
 
 
 class ModeRequest(BaseModel):
@@ -73,6 +76,8 @@ class _Link:
         self.client = client
         self.target: asyncio.StreamWriter | None = None
         self.task = asyncio.current_task()
+        self.alive = asyncio.Event()  # cleared for good when the link is severed
+        self.alive.set()
 
     def reset(self) -> None:
         _rst(self.client)
@@ -103,6 +108,9 @@ class Proxy:
         if request.mode == "reset":
             for link in list(self.links):
                 link.reset()
+        if request.mode == "sever":
+            for link in list(self.links):
+                link.alive.clear()
 
     def resetting(self) -> bool:
         return self.state.mode == "reset"
@@ -136,7 +144,9 @@ class Proxy:
                 return
             # Errors end a direction quietly; the link is torn down below once both have ended.
             await asyncio.gather(
-                self._pipe(reader, link.target), self._pipe(up_reader, writer), return_exceptions=True
+                self._pipe(link, reader, link.target),
+                self._pipe(link, up_reader, writer),
+                return_exceptions=True,
             )
         finally:
             self.links.discard(link)
@@ -148,7 +158,7 @@ class Proxy:
                 else:
                     w.close()
 
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    async def _pipe(self, link: _Link, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         """Copy src to dst through a queue of (due time, chunk), honouring the mode at each step."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue(QUEUE_CHUNKS)
@@ -157,6 +167,7 @@ class Proxy:
             try:
                 while True:
                     await self._flowing.wait()
+                    await link.alive.wait()
                     data = await src.read(CHUNK)
                     if not data:
                         break
@@ -175,6 +186,7 @@ class Proxy:
                 if wait > 0:
                     await asyncio.sleep(wait)
                 await self._flowing.wait()
+                await link.alive.wait()
                 if self.state.mode == "blackhole":
                     continue
                 dst.write(data)
@@ -356,6 +368,9 @@ class FaultProxy(ManagedProcess):
 
     def blackhole(self) -> ModeState:
         return self.set_mode(ModeRequest(mode="blackhole"))
+
+    def sever(self) -> ModeState:
+        return self.set_mode(ModeRequest(mode="sever"))
 
 
 if __name__ == "__main__":

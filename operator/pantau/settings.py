@@ -47,6 +47,11 @@ class OperatorSettings(BaseSettings):
     inactivity_timeout: float = Field(
         default=120.0, gt=0, description="Restart a watch that brought nothing for this long (silent stalls)."
     )
+    request_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds one API request may take: a silently dead connection is left.",
+    )
     liveness_port: int = Field(default=8080, ge=1, le=65535, description="Port of the /healthz endpoint.")
     liveness_host: str = Field(default="0.0.0.0", description="Listen address of the /healthz endpoint.")
     peering: bool = Field(

@@ -43,6 +43,8 @@ def configure(settings: kopf.OperatorSettings, ours: OperatorSettings) -> None:
     settings.watching.server_timeout = ours.watch_server_timeout
     settings.watching.client_timeout = ours.watch_client_timeout
     settings.watching.inactivity_timeout = ours.inactivity_timeout
+    settings.networking.request_timeout = ours.request_timeout  # Kopf's default waits 5 minutes
+    settings.networking.connect_timeout = min(10.0, ours.request_timeout)
     settings.posting.reporting_component = "pantau-operator"
     settings.posting.level = logging.WARNING  # only warnings of the framework become Events
     # The CRDs are installed before the operator (the chart's crds/): no need to watch for new ones,

@@ -11,7 +11,8 @@ box in the original frame's pixels) and the W3C `traceparent` of the frame's tra
 
 Delivery guarantee of `WebhookSink` (see docs/events.md): at-least-once and in order for every event that
 is still in the buffer when the receiver comes back (on disk: also after a restart of the container);
-when the buffer is full the oldest waiting event is dropped and counted. The `frame_id` is unique per frame, so receivers de-duplicate on it.
+when the buffer is full the oldest waiting event is dropped and counted. The `frame_id` is unique per
+frame, so receivers de-duplicate on it.
 
 `publish` only enqueues (the frame pipeline never waits for a receiver); the network work happens in a
 background task. Header values (an auth token from a Secret) and the webhook URL's path and query (which

@@ -214,15 +214,21 @@ def test_pod_network_is_the_bridge_subnet_only(
 
 NETWORK_SCRIPT = textwrap.dedent(
     """
-    import os, socket, ssl, urllib.error, urllib.request
+    import os, socket, ssl, time, urllib.error, urllib.request
     def get(url, **kw):
-        try:
-            with urllib.request.urlopen(url, timeout=10, **kw) as r:
-                return r.status
-        except urllib.error.HTTPError as exc:
-            return exc.code
-        except OSError as exc:
-            return repr(exc)
+        # A Service's rules follow its endpoints by a moment (kube-proxy syncs at most once a second):
+        # a refused connection is tried again for up to 15 s, anything else is the answer.
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=10, **kw) as r:
+                    return r.status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+            except OSError as exc:
+                if "Connection refused" not in repr(exc) or time.monotonic() > deadline:
+                    return repr(exc)
+                time.sleep(0.5)
     print("dns kubernetes", socket.gethostbyname("kubernetes.default.svc.cluster.local"))
     print("dns web", socket.gethostbyname(os.environ["WEB"]))  # through the namespace's search path
     sa = "/var/run/secrets/kubernetes.io/serviceaccount"

@@ -164,7 +164,9 @@ def test_ingest_pod_streams_real_footage_through_triton_with_traces_and_events(
         assert [(r["refType"], r["spanID"]) for r in child["references"]] == [("CHILD_OF", root["spanID"])]
     infer_tags = {t["key"]: t["value"] for t in children["infer"]["tags"]}
     assert infer_tags["span.kind"] == "client"
-    assert event["traceparent"] == f"00-{trace_id}-{root['spanID']}-01"
+    version, traced, parent, flags = event["traceparent"].split("-")
+    assert (version, traced, parent) == ("00", trace_id, root["spanID"])
+    assert int(flags, 16) & 1, "the frame was sampled"
     # What the chart set reached the pod: its service name, resource attributes and sampler.
     process = data["processes"][root["processID"]]
     assert process["serviceName"] == SERVICE

@@ -618,6 +618,7 @@ def test_a_watch_gone_silent_is_noticed_and_listed_again(
     table = ProcessTable(tmp_path / "pids", tmp_path / "logs")
     proxy = FaultProxy(table, "api-proxy", str(api.hostname), int(api.port or 443))
     proxy.start()
+    (tmp_path / "op").mkdir()
     silent = Operator(
         dev_stack, tmp_path / "op", server=f"https://{proxy.address}", env={"PANTAU_INACTIVITY_TIMEOUT": "10"}
     )

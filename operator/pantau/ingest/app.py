@@ -240,6 +240,7 @@ class IngestApp:
                 with contextlib.suppress(ApiError):
                     creds = await self._credentials(worker.spec)
                     if creds != worker.creds and self.workers.get(name) is worker:
+                        log.info("camera %s: its Secrets changed; reconnecting with them", name)
                         await self._restart(name, creds)
 
     async def watch_triton(self) -> None:

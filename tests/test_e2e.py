@@ -8,6 +8,7 @@ import json
 import threading
 import time
 import urllib.parse
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -279,10 +280,12 @@ class EventReceiver:
 
     def __init__(self, host: str) -> None:
         received = self.received = []  # type: list[dict[str, Any]]
+        authorizations = self.authorizations = []  # type: list[str | None]
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                authorizations.append(self.headers.get("Authorization"))
                 received.extend(json.loads(body))
                 self.send_response(200)
                 self.end_headers()
@@ -305,8 +308,17 @@ class EventReceiver:
 
 def test_site_change_reaches_running_pods_without_a_rollout(demo: Demo) -> None:
     """New event sinks and camera defaults on the Site reach its pods while they run: the same pods,
-    no restart, the StatefulSet's template untouched, and the new sink receives the events."""
+    no restart, the StatefulSet's template untouched, and the new sink receives the events with the
+    Authorization header its consenting Secret holds (never its URL)."""
     site = "kota-bengkulu"
+    token = f"Bearer kantor-{uuid.uuid4().hex}"
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "kantor-token", "labels": {LABEL_CREDENTIALS: "true"}},
+        "stringData": {"token": token},
+    }
+    demo.kubectl("apply", "-f", "-", stdin=json.dumps(secret))
     wait_for(
         lambda: camera(demo, "simpang-lima").get("status", {}).get("streaming"), timeout=60, what="streaming"
     )
@@ -318,7 +330,12 @@ def test_site_change_reaches_running_pods_without_a_rollout(demo: Demo) -> None:
         change = {
             "eventSinks": [
                 *original["eventSinks"],
-                {"name": "kantor", "type": "webhook", "url": receiver.url},
+                {
+                    "name": "kantor",
+                    "type": "webhook",
+                    "url": receiver.url,
+                    "headerSecretRef": {"name": "kantor-token"},
+                },
             ],
             "cameraDefaults": {**original.get("cameraDefaults", {}), "classes": ["person"]},
         }
@@ -336,6 +353,9 @@ def test_site_change_reaches_running_pods_without_a_rollout(demo: Demo) -> None:
             wait_for(lambda: len(receiver.received) >= count + 5, timeout=60, what="more events", interval=1)
             later = receiver.received[count:]
             assert {d["class"] for e in later for d in e["detections"]} <= {"person"}
+            # The pool's Role names the token's Secret a moment after the pod first reads the Site:
+            # the pod looks again within seconds and sends the header from then on.
+            wait_for(lambda: token in receiver.authorizations, timeout=30, what="the token sent", interval=1)
         finally:
             demo.kubectl("patch", "site", site, "--type", "merge", "-p", json.dumps({"spec": original}))
     sts_after = json.loads(demo.kubectl("get", "statefulset", pool, "-o", "json").stdout)
@@ -344,6 +364,7 @@ def test_site_change_reaches_running_pods_without_a_rollout(demo: Demo) -> None:
     after = ingest_pods(demo)
     for pod, (uid, restarts) in pods_before.items():
         assert after[pod] == (uid, restarts), f"pod {pod} was restarted"
+        assert token.split()[1] not in demo.pod_log(pod), "the sink's token is in a pod log"
 
 
 def test_a_killed_ingest_pod_streams_again_within_30_s(demo: Demo, record_property: Any) -> None:

@@ -44,6 +44,7 @@ from pantau.redact import redact_url
 from pantau.triton.client import ClientSettings, Detector, InferenceError
 
 log = logging.getLogger("pantau.ingest")
+RECHECK = 5.0  # seconds: how soon a Secret that could not be read is asked again
 
 
 def build_sink(
@@ -83,6 +84,8 @@ class IngestApp:
         self.watching = False
         self.tasks: list[asyncio.Task[None]] = []
         self.sink_specs: tuple[SinkSpec, ...] = settings.event_sinks
+        self.sink_headers: dict[str, dict[str, str]] = {}
+        self.unread_secrets = False  # a Secret the pod needs could not be read: look again soon
         self.site_known = asyncio.Event()  # cameras start once the Site's settings are read
         self.closing: set[asyncio.Task[None]] = set()  # replaced sinks delivering what they hold
 
@@ -170,22 +173,26 @@ class IngestApp:
             if worker.source_config() != before[name]:
                 await self._restart(name, worker.creds)
         if spec.event_sinks != self.sink_specs or not self.site_known.is_set():
-            old, self.ctx.sink = (
-                self.ctx.sink,
-                build_sink(spec.event_sinks, await self._sink_headers(spec), self.settings.spool_dir),
-            )
-            self.sink_specs = spec.event_sinks
-            log.info("event sinks now: %s", ", ".join(s.name for s in spec.event_sinks) or "none")
-            closing = asyncio.create_task(old.aclose(), name="close-old-sink")
-            self.closing.add(closing)  # held: a task nobody references may be collected mid-flight
-            closing.add_done_callback(self.closing.discard)
+            await self._swap_sink(spec.event_sinks)
         self.site_known.set()
 
-    async def _sink_headers(self, spec: SiteSpec) -> dict[str, dict[str, str]]:
-        """Each webhook sink's header from its Secret; a sink whose Secret this pod cannot read goes
-        without it (the receiver refuses, and the sink counts the refusals) and the pod says why."""
+    async def _swap_sink(self, specs: tuple[SinkSpec, ...]) -> None:
+        """A new sink for `specs` with their headers read now; the old one delivers what it holds."""
+        headers = await self._sink_headers(specs)
+        old, self.ctx.sink = self.ctx.sink, build_sink(specs, headers, self.settings.spool_dir)
+        self.sink_specs, self.sink_headers = specs, headers
+        log.info("event sinks now: %s", ", ".join(s.name for s in specs) or "none")
+        closing = asyncio.create_task(old.aclose(), name="close-old-sink")
+        self.closing.add(closing)  # held: a task nobody references may be collected mid-flight
+        closing.add_done_callback(self.closing.discard)
+
+    async def _sink_headers(self, specs: Sequence[SinkSpec]) -> dict[str, dict[str, str]]:
+        """Each webhook sink's header from its Secret; a sink whose Secret this pod cannot read (yet:
+        the pool's Role may be a moment behind the Site) goes without it, says why, and is looked at
+        again within RECHECK seconds."""
         found: dict[str, dict[str, str]] = {}
-        for sink in spec.event_sinks:
+        self.unread_secrets = False
+        for sink in specs:
             ref = sink.header_secret_ref
             if ref is None:
                 continue
@@ -193,6 +200,7 @@ class IngestApp:
             if data is None or ref.key not in data:
                 log.warning("sink %s: Secret %r or its key %r cannot be read: sending without %s",
                             sink.name, ref.name, ref.key, ref.header)  # fmt: skip
+                self.unread_secrets = True
                 continue
             found[sink.name] = {ref.header: base64.b64decode(data[ref.key]).decode().strip()}
         return found
@@ -235,7 +243,13 @@ class IngestApp:
     async def refresh_secrets(self) -> None:
         """Rotated passwords reach running cameras (pods may `get` their Secrets, not watch them)."""
         while True:
-            await asyncio.sleep(self.settings.secret_refresh)
+            unread = self.unread_secrets or any(w.creds and w.creds.problem for w in self.workers.values())
+            await asyncio.sleep(
+                min(RECHECK, self.settings.secret_refresh) if unread else self.settings.secret_refresh
+            )
+            with contextlib.suppress(ApiError):
+                if await self._sink_headers(self.sink_specs) != self.sink_headers:
+                    await self._swap_sink(self.sink_specs)  # a rotated or newly readable sink token
             for name, worker in list(self.workers.items()):
                 with contextlib.suppress(ApiError):
                     creds = await self._credentials(worker.spec)

@@ -661,6 +661,7 @@ class Receiver:
             self._runner = None
 
 
+@pytest.mark.timeout(WEBHOOK_OUTAGE + 300)
 async def test_webhook_down_for_10_minutes_loses_no_event(
     rtsp: RtspCameraServer, triton: str, tmp_path: Path, record_property: Any
 ) -> None:

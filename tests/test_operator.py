@@ -616,29 +616,28 @@ def test_a_watch_gone_silent_is_noticed_and_listed_again(
     operator.stop()  # this test runs an operator of its own, through the proxy
     api = urlsplit(dev_stack.status().api_server)
     table = ProcessTable(tmp_path / "pids", tmp_path / "logs")
-    proxy = FaultProxy(table, "api-proxy", str(api.hostname), int(api.port or 443))
-    proxy.start()
     (tmp_path / "op").mkdir()
-    silent = Operator(
-        dev_stack, tmp_path / "op", server=f"https://{proxy.address}", env={"PANTAU_INACTIVITY_TIMEOUT": "10"}
-    )
     try:
-        silent.start()
-        apply(kubectl, namespace, site("silence"), camera("heard", "silence"))
-        wait_for(lambda: objs.ready("camera", "heard", reason=SERVED), timeout=60, what="served first")
-        proxy.sever()
-        severed = time.monotonic()
-        apply(kubectl, namespace, camera("unheard", "silence"))
-        wait_for(
-            lambda: objs.ready("camera", "unheard", reason=SERVED),
-            timeout=120,
-            what="served after the silence",
-        )
-        took = time.monotonic() - severed
-        record_property("silent_watch_recovered_s", round(took, 1))
-        print(f"every connection severed silently: a new Camera served {took:.1f} s later")
-        assert took <= 60
+        with FaultProxy(table, "api-proxy", str(api.hostname), int(api.port or 443)) as proxy:
+            env = {"PANTAU_INACTIVITY_TIMEOUT": "10"}
+            silent = Operator(dev_stack, tmp_path / "op", server=f"https://{proxy.address}", env=env)
+            try:
+                silent.start()
+                apply(kubectl, namespace, site("silence"), camera("heard", "silence"))
+                wait_for(
+                    lambda: objs.ready("camera", "heard", reason=SERVED), timeout=60, what="served first"
+                )
+                proxy.sever()
+                severed = time.monotonic()
+                apply(kubectl, namespace, camera("unheard", "silence"))
+                wait_for(
+                    lambda: objs.ready("camera", "unheard", reason=SERVED), timeout=120, what="served again"
+                )
+                took = time.monotonic() - severed
+            finally:
+                silent.stop()
     finally:
-        silent.stop()
-        proxy.stop()
         operator.start()
+    record_property("silent_watch_recovered_s", round(took, 1))
+    print(f"every connection severed silently: a new Camera served {took:.1f} s later")
+    assert took <= 60

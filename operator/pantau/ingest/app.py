@@ -86,6 +86,7 @@ class IngestApp:
         self.sink_specs: tuple[SinkSpec, ...] = settings.event_sinks
         self.sink_headers: dict[str, dict[str, str]] = {}
         self.unread_secrets = False  # a Secret the pod needs could not be read: look again soon
+        self.recheck = asyncio.Event()
         self.site_known = asyncio.Event()  # cameras start once the Site's settings are read
         self.closing: set[asyncio.Task[None]] = set()  # replaced sinks delivering what they hold
 
@@ -201,6 +202,7 @@ class IngestApp:
                 log.warning("sink %s: Secret %r or its key %r cannot be read: sending without %s",
                             sink.name, ref.name, ref.key, ref.header)  # fmt: skip
                 self.unread_secrets = True
+                self.recheck.set()
                 continue
             found[sink.name] = {ref.header: base64.b64decode(data[ref.key]).decode().strip()}
         return found
@@ -243,10 +245,14 @@ class IngestApp:
     async def refresh_secrets(self) -> None:
         """Rotated passwords reach running cameras (pods may `get` their Secrets, not watch them)."""
         while True:
-            unread = self.unread_secrets or any(w.creds and w.creds.problem for w in self.workers.values())
-            await asyncio.sleep(
-                min(RECHECK, self.settings.secret_refresh) if unread else self.settings.secret_refresh
-            )
+            if self.unread_secrets or any(w.creds and w.creds.problem for w in self.workers.values()):
+                await asyncio.sleep(min(RECHECK, self.settings.secret_refresh))
+            else:  # a Secret found unreadable meanwhile wakes the loop early (`recheck`)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.recheck.wait(), self.settings.secret_refresh)
+                if self.recheck.is_set():
+                    self.recheck.clear()
+                    await asyncio.sleep(min(RECHECK, self.settings.secret_refresh))
             with contextlib.suppress(ApiError):
                 if await self._sink_headers(self.sink_specs) != self.sink_headers:
                     await self._swap_sink(self.sink_specs)  # a rotated or newly readable sink token

@@ -263,16 +263,20 @@ class CameraWorker:
                 if failure in done:
                     get.cancel()
                     raise failure.result()
-                self.stats.busy_since = time.monotonic()
-                try:
-                    await self._process(get.result())
-                finally:
-                    self.stats.busy_since = None
+                await self._process_watched(get.result())
         finally:
             stop.set()
             if opened:  # wakes a read() blocked on the network; the camera's session ends now
                 await asyncio.to_thread(opened[0].close)
             await asyncio.to_thread(reader.join, self.ctx.read_timeout + 5)
+
+    async def _process_watched(self, sample: Sample) -> None:
+        """`_process`, with the time it started on the stats while it runs (the stall check reads it)."""
+        self.stats.busy_since = time.monotonic()
+        try:
+            await self._process(sample)
+        finally:
+            self.stats.busy_since = None
 
     async def _process(self, sample: Sample) -> None:
         """One frame, one trace: read/decode, infer, analyse, publish, every span and attribute through

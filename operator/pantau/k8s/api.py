@@ -181,9 +181,9 @@ class KubeApi:
         objects that vanished between two lists, so consumers never miss a removal."""
         path = object_path(api_version, kind, namespace)
         known: dict[str, JSON] = {}
+        chosen = (("labelSelector", label_selector), ("fieldSelector", field_selector))
+        selectors = {k: v for k, v in chosen if v}
         while True:
-            selectors = {"labelSelector": label_selector, "fieldSelector": field_selector}
-            selectors = {k: v for k, v in selectors.items() if v}
             listing = await self._request("GET", path, params=selectors)
             current = {o["metadata"]["uid"]: o for o in listing.get("items", [])}
             for uid, obj in known.items():
@@ -193,13 +193,8 @@ class KubeApi:
                 yield "ADDED", obj
             known = current
             version = listing["metadata"]["resourceVersion"]
-            params = {
-                **selectors,
-                "watch": "1",
-                "resourceVersion": version,
-                "timeoutSeconds": str(server_timeout),
-                "allowWatchBookmarks": "true",
-            }
+            params = {**selectors, "watch": "1", "resourceVersion": version, "allowWatchBookmarks": "true"}
+            params["timeoutSeconds"] = str(server_timeout)
             try:
                 async with self._http.stream(
                     "GET",

@@ -90,8 +90,8 @@ class IngestSettings(BaseSettings):
     triton_address: str = Field(validation_alias=_env("PANTAU_TRITON_ADDRESS"))
     model: str = Field(default="yolox", validation_alias=_env("PANTAU_MODEL"))
     port: int = Field(default=INGEST_PORT, ge=1, le=65535, validation_alias=_env("PANTAU_INGEST_PORT"))
-    # The pods cannot read their Site (their Role reads Cameras and named Secrets only), so its camera
-    # defaults and event sinks come as JSON; neither holds a secret.
+    # Starting values of the Site's camera defaults and event sinks (JSON). The operator renders neither:
+    # its pods watch their Site for them, so a change needs no rollout. A pod run by hand may set them.
     camera_defaults: CameraDefaults = Field(
         default_factory=CameraDefaults, validation_alias=_env("PANTAU_CAMERA_DEFAULTS")
     )

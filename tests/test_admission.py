@@ -144,7 +144,15 @@ def test_nothing_unchecked_gets_in_while_no_operator_answers(door: tuple[Tools, 
     finally:
         tools.kubectl("scale", *deployment, "--replicas=1")
         tools.kubectl("rollout", "status", *deployment, "--timeout=120s")
-    apply(tools, namespace, camera("after-up", "rtsp://10.20.0.10/live"), expect_ok=True)
+
+    def accepted() -> bool:
+        # Ready, yet the Service's rules on the node follow its endpoints by a moment.
+        obj = yaml.safe_dump(camera("after-up", "rtsp://10.20.0.10/live"))
+        done = tools.kubectl("apply", "-n", namespace, "-f", "-", stdin=obj, check=False)
+        assert done.returncode == 0 or "failed calling webhook" in done.stderr, done.stderr
+        return done.returncode == 0
+
+    wait_for(accepted, timeout=30, what="Cameras accepted once the operator answers")
 
 
 def test_kubectl_explain_shows_the_new_fields(door: tuple[Tools, str]) -> None:

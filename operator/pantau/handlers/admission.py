@@ -54,13 +54,9 @@ async def validate_camera(spec: kopf.Spec, namespace: str | None, memo: Any, **_
     except ApiError as exc:  # the Site cannot be read: judge as if it allowed nothing extra
         log.warning("admission: site %s/%s not read: %s", namespace, camera.site_ref.name, exc)
         site = None
-    site_spec = None
-    if site is not None:
-        try:
-            site_spec = SiteSpec.model_validate(site.get("spec") or {})
-        except ValidationError:
-            site_spec = None
-    _refuse(camera_problems(camera, site_spec, memo["policy"]))
+    # Parsed as the reconcile loop parses a watched Site; an invalid one allows nothing extra.
+    site_spec = OperatorState.site_facts(site).spec if site is not None else None
+    _refuse(camera_problems(camera, site_spec if isinstance(site_spec, SiteSpec) else None, memo["policy"]))
 
 
 async def validate_site(spec: kopf.Spec, memo: Any, **_: Any) -> None:

@@ -248,7 +248,9 @@ def test_the_webhook_is_served_with_a_certificate_its_ca_bundle_trusts(offline: 
     container = operator["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["PANTAU_ADMISSION_PORT"] == "9443"
-    assert container["readinessProbe"]["tcpSocket"]["port"] == "webhook"
+    assert container["startupProbe"]["tcpSocket"]["port"] == "webhook"
+    # Readiness asks the event loop: a hung replica must leave the webhook's Service.
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
 
 
 def test_without_the_webhook_nothing_of_it_is_rendered(offline: Tools) -> None:

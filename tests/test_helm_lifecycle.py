@@ -54,6 +54,16 @@ class Life:
             stdin=json.dumps({"kind": "List", "apiVersion": "v1", "items": list(docs)}),
         )
 
+    def try_apply(self, *docs: dict[str, Any]) -> bool:
+        """Apply; False only when the admission webhook could not be reached (any other error raises)."""
+        try:
+            self.apply(*docs)
+        except RuntimeError as error:
+            if "failed calling webhook" in str(error):
+                return False
+            raise
+        return True
+
     def ingest_pods(self) -> dict[str, tuple[str, int]]:
         """pod name -> (uid, restarts) of the Site's pool."""
         pods = self.get("pods", namespace=SITES)["items"]
@@ -202,7 +212,12 @@ def test_with_two_replicas_the_standby_takes_over_within_30_s(life: Life) -> Non
     try:
         silent = time.monotonic()
         host = life.info.host_ip
-        life.apply(camera("gerbang-2", host, free_port(host)))
+        # Both replicas check admission. Until the Service drops the silent one (its readiness asks
+        # /healthz, which it no longer answers), a review sent to it times out: the API server
+        # refuses the Camera, and a user applies it again.
+        new = camera("gerbang-2", host, free_port(host))
+        wait_for(lambda: life.try_apply(new), timeout=30, what="the Camera admitted by the live replica")
+        admitted = time.monotonic() - silent
         wait_for(
             lambda: reason(life, "gerbang-2") is not None, timeout=45, what="the standby handling a Camera"
         )
@@ -210,7 +225,7 @@ def test_with_two_replicas_the_standby_takes_over_within_30_s(life: Life) -> Non
     finally:
         os.kill(pid, signal.SIGKILL)
     assert life.operator_log(standby).count("Resuming operations") > resumed, "the standby did not resume"
-    print(f"\nactive operator silent -> standby took over: {took_over:.1f} s")
+    print(f"\nactive operator silent -> webhook answered by the other: {admitted:.1f} s, took over: {took_over:.1f} s")
     assert took_over <= 30
 
 

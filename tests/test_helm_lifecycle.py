@@ -225,7 +225,7 @@ def test_with_two_replicas_the_standby_takes_over_within_30_s(life: Life) -> Non
     finally:
         os.kill(pid, signal.SIGKILL)
     assert life.operator_log(standby).count("Resuming operations") > resumed, "the standby did not resume"
-    print(f"\nactive operator silent -> webhook answered by the other: {admitted:.1f} s, took over: {took_over:.1f} s")
+    print(f"\nactive silent -> webhook answered: {admitted:.1f} s, standby took over: {took_over:.1f} s")
     assert took_over <= 30
 
 

@@ -656,8 +656,12 @@ def pod_report() -> PodStatusReport:
         "pasar-minggu",
         "Streaming",
         last_frame_time=datetime(2024, 5, 1, 3, 4, 5, tzinfo=UTC),
+        frames_sampled=1210,
         frames_processed=1200,
         frames_dropped={"QueueFull": 3, "Timeout": 1},
+        cpu_cores=0.125,
+        cpu_seconds=90.5,
+        decode_lag_ms=42.0,
         inference_latency_ms=LatencySummary(p50=12.5, p99=40.0, count=1200, sum_ms=16000.0),
         detections={"person": 310, "car": 42},
     )
@@ -764,9 +768,10 @@ def test_camera_stats_keep_the_quantiles_and_the_histogram() -> None:
 def test_metrics_families_types_and_labels() -> None:
     families = parse_metrics(render_metrics(pod_report(), latency_histograms()))
     counters = {"frames_processed", "frames_dropped", "detections", "events_published", "events_delivered"}
-    counters |= {"events_retries", "events_dropped"}
+    counters |= {"events_retries", "events_dropped", "frames_sampled", "camera_cpu_seconds"}
     gauges = {"camera_streaming", "camera_state", "camera_fps", "camera_last_frame_timestamp_seconds"}
     gauges |= {"triton_reachable", "ingest_cameras", "ingest_start_time_seconds", "events_pending"}
+    gauges |= {"camera_cpu_cores", "camera_decode_lag_seconds", "ingest_cpu_cores"}
     expected = {f"pantau_{n}": "counter" for n in counters} | {f"pantau_{n}": "gauge" for n in gauges}
     expected["pantau_inference_latency_seconds"] = "histogram"
     assert {name: f.type for name, f in families.items()} == expected
@@ -798,6 +803,13 @@ def test_metrics_families_types_and_labels() -> None:
         == datetime(2024, 5, 1, 3, 4, 5, tzinfo=UTC).timestamp()
     )
     assert value(families["pantau_triton_reachable"], "pantau_triton_reachable") == 1
+    assert value(families["pantau_frames_sampled"], "pantau_frames_sampled_total", camera=CAMERA) == 1210
+    cpu = families["pantau_camera_cpu_seconds"]
+    assert value(cpu, "pantau_camera_cpu_seconds_total", camera=CAMERA) == 90.5
+    assert value(families["pantau_camera_cpu_cores"], "pantau_camera_cpu_cores", camera=CAMERA) == 0.125
+    lag = families["pantau_camera_decode_lag_seconds"]
+    assert [s.labels for s in lag.samples] == [{"camera": CAMERA}]  # the other camera has no sample yet
+    assert value(lag, lag.name, camera=CAMERA) == 0.042
     assert value(families["pantau_ingest_cameras"], "pantau_ingest_cameras") == 2
     assert value(families["pantau_events_pending"], "pantau_events_pending", sink="city-hall") == 0
     assert value(families["pantau_events_published"], "pantau_events_published_total", sink="city-hall") == 0

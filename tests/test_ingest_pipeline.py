@@ -178,3 +178,24 @@ def test_ingest_pod_streams_real_footage_through_triton_with_traces_and_events(
     assert tags["pantau.camera"] == f"{namespace}/simpang"
     assert tags["pantau.site"] == "kota"
     assert tags["pantau.detections"] >= 1
+
+    # Measured load, from the running pod's /status and /metrics (what the operator scales on).
+    address = get(kubectl, namespace, "pod", pod)["status"]["podIP"]
+
+    def measured() -> dict[str, Any] | None:
+        report = httpx.get(f"http://{address}:8080/status", timeout=5).json()
+        mine = next(c for c in report["cameras"] if c["name"] == "simpang")
+        return report if mine["cpu_cores"] > 0 and report["cpu_cores"] > 0 else None
+
+    report = wait_for(measured, timeout=60, what="the camera's CPU load measured", interval=1)
+    mine = next(c for c in report["cameras"] if c["name"] == "simpang")
+    assert mine["frames_sampled"] >= mine["frames_processed"] > 0
+    assert 0 < mine["decode_lag_ms"] < 5000
+    # One camera: its share is the whole process's (within rounding of the two samples).
+    assert mine["cpu_cores"] <= report["cpu_cores"] + 1e-3
+    assert mine["cpu_seconds"] > 0
+    metrics = httpx.get(f"http://{address}:8080/metrics", timeout=5).text
+    cpu = [line for line in metrics.splitlines() if line.startswith("pantau_camera_cpu_seconds_total{")]
+    assert cpu
+    assert float(cpu[0].split()[-1]) > 0
+    assert any(line.startswith("pantau_frames_sampled_total{") for line in metrics.splitlines())

@@ -204,8 +204,15 @@ class CameraStatusReport(_Report):
     message: Annotated[Redacted, AfterValidator(_short)] | None = None
     last_frame_time: AwareDatetime | None = None  # capture time of the last processed frame
     fps: float = Field(ge=0)  # measured processed frames per second (recent)
+    frames_sampled: Count = 0  # samples the source delivered (processed + dropped + in flight)
     frames_processed: Count = 0
     frames_dropped: dict[str, Count] = Field(default_factory=dict)  # reason -> frames
+    # Measured load: CPU seconds per second (recent) of the camera's threads and its share of the pod's
+    # other work, so the cameras' figures add up to the pod's; `cpu_seconds` is the running total.
+    cpu_cores: float = Field(default=0.0, ge=0)
+    cpu_seconds: float = Field(default=0.0, ge=0)
+    # Median age of recent samples when the pipeline took them (decode, letterbox, queue), ms.
+    decode_lag_ms: float | None = Field(default=None, ge=0)
     inference_latency_ms: LatencySummary | None = None
     detections: dict[str, Count] = Field(default_factory=dict)  # class -> detections since start
     url: Redacted  # the source URL with userinfo shown as REDACTED:REDACTED@
@@ -251,6 +258,7 @@ class PodStatusReport(_Report):
     site: str
     shard: str
     started_at: AwareDatetime
+    cpu_cores: float = Field(default=0.0, ge=0)  # the pod's process, CPU seconds per second (recent)
     cameras: list[CameraStatusReport] = Field(default_factory=list, max_length=MAX_CAMERAS_PER_REPORT)
     triton: TritonReport
     sinks: list[SinkStats] = Field(default_factory=list)

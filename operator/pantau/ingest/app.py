@@ -33,6 +33,7 @@ from pantau.contract import (
 )
 from pantau.ingest.events import EventSink, JsonLinesSink, MultiSink, WebhookSink
 from pantau.ingest.latency import LatencyHistogram
+from pantau.ingest.load import LoadMeter
 from pantau.ingest.pipeline import CameraStats, CameraWorker, Credentials, PodContext
 from pantau.ingest.server import serve
 from pantau.k8s.api import ApiError, KubeApi
@@ -45,6 +46,7 @@ from pantau.triton.client import ClientSettings, Detector, InferenceError
 
 log = logging.getLogger("pantau.ingest")
 RECHECK = 5.0  # seconds: how soon a Secret that could not be read is asked again
+LOAD_SAMPLE = 5.0  # seconds between CPU samples (the meter's window is 30 s)
 
 
 def build_sink(
@@ -89,6 +91,7 @@ class IngestApp:
         self.recheck = asyncio.Event()
         self.site_known = asyncio.Event()  # cameras start once the Site's settings are read
         self.closing: set[asyncio.Task[None]] = set()  # replaced sinks delivering what they hold
+        self.load = LoadMeter()
 
     async def _secret_data(self, name: str) -> dict[str, str] | None:
         """A Secret's data; None when it is absent or this pod may not read it (the operator grants a
@@ -280,6 +283,15 @@ class IngestApp:
                 await detector.check()
             await asyncio.sleep(self.settings.triton_check)
 
+    def sample_load(self) -> None:
+        self.load.sample({name: w.stats.cpu_seconds for name, w in self.workers.items()})
+
+    async def measure_load(self) -> None:
+        """Sample the cameras' CPU every LOAD_SAMPLE seconds (what /status reports as their load)."""
+        while True:
+            self.sample_load()
+            await asyncio.sleep(LOAD_SAMPLE)
+
     def problems(self) -> list[str]:
         """Why the pod is not healthy (empty: it is): a stuck camera pipeline, or a loop that died."""
         found = [
@@ -314,8 +326,10 @@ class IngestApp:
 
     def snapshot(self) -> PodStatusReport:
         cameras = []
+        cores = self.load.cores()
         for name, w in sorted(self.workers.items()):
             s = w.stats
+            lag = s.decode_lag()
             cameras.append(
                 CameraStatusReport(
                     namespace=self.settings.namespace,
@@ -325,7 +339,11 @@ class IngestApp:
                     message=s.message,
                     last_frame_time=s.last_frame_time,
                     fps=round(s.fps(), 3),
+                    frames_sampled=s.frames_sampled,
                     frames_processed=s.frames_processed,
+                    cpu_cores=round(cores.get(name, 0.0), 4),
+                    cpu_seconds=round(self.load.cpu_seconds(name), 3),
+                    decode_lag_ms=None if lag is None else round(lag * 1000, 1),
                     frames_dropped=dict(s.dropped),
                     detections=dict(s.detections),
                     inference_latency_ms=_latency_summary(s),
@@ -337,6 +355,7 @@ class IngestApp:
             site=self.settings.site,
             shard=self.settings.shard,
             started_at=self.started_at,
+            cpu_cores=round(self.load.pod_cores(), 4),
             cameras=cameras,
             triton=self._triton(),
             sinks=self._sinks(),
@@ -391,6 +410,7 @@ async def main(settings: IngestSettings) -> None:
         asyncio.create_task(app.watch(), name="watch-cameras"),
         asyncio.create_task(app.refresh_secrets(), name="refresh-secrets"),
         asyncio.create_task(app.watch_triton(), name="watch-triton"),
+        asyncio.create_task(app.measure_load(), name="measure-load"),
     ]
     await stop.wait()
     for t in app.tasks:

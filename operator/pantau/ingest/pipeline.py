@@ -95,6 +95,20 @@ class CameraStats:
     retry_delay: float | None = None
     # time.monotonic() when the frame now in processing was taken from the queue; None: none is.
     busy_since: float | None = None
+    frames_sampled: int = 0  # samples the sources delivered, all sessions together
+    # CPU seconds of the camera's own threads: ended sessions, and the one under way (updated per sample).
+    cpu_ended: float = 0.0
+    cpu_session: float = 0.0
+    # Seconds from a sample's capture to the pipeline taking it (decode, letterbox, queue), recent.
+    lags: deque[float] = field(default_factory=lambda: deque(maxlen=100))
+
+    @property
+    def cpu_seconds(self) -> float:
+        return self.cpu_ended + self.cpu_session
+
+    def decode_lag(self) -> float | None:
+        """The median age of recent samples when the pipeline took them, seconds."""
+        return float(np.median(np.array(self.lags))) if self.lags else None
 
     def fps(self, window: float = 60.0) -> float:
         """Processed frames per second over the last `window` seconds (or since the first)."""
@@ -124,7 +138,6 @@ class CameraWorker:
         self.stats = CameraStats()
         self._task: asyncio.Task[None] | None = None
         self._session = 0
-        self._samples = 0  # samples the sources delivered, all sessions together
 
     # ----- lifecycle -----
 
@@ -189,12 +202,12 @@ class CameraWorker:
             if self.spec.paused:
                 self.stats.state, self.stats.reason = "Stopped", "Paused"
                 return
-            samples = self._samples
+            samples = self.stats.frames_sampled
             try:
                 await self._stream()
                 failures = auth_failures = 0  # a clean end (file done): start again promptly
             except (SourceError, InferenceError) as exc:
-                if self._samples > samples:
+                if self.stats.frames_sampled > samples:
                     # The session delivered frames: this failure starts a new outage, so the back-off
                     # starts over (otherwise every outage in a worker's life would wait longer).
                     failures = auth_failures = 0
@@ -223,7 +236,7 @@ class CameraWorker:
         size = self.ctx.detector.input_size
 
         def offer(sample: Sample) -> None:
-            self._samples += 1
+            self.stats.frames_sampled += 1
             if queue.full():
                 queue.get_nowait()
                 self.stats.dropped["QueueFull"] += 1
@@ -237,11 +250,13 @@ class CameraWorker:
 
         def read() -> None:
             source = None
+            started = time.thread_time()
             try:
                 source = open_source(self.source_config(), _letterboxer(size))
                 opened.append(source)
                 while not stop.is_set():
                     sample = source.read()
+                    self.stats.cpu_session = time.thread_time() - started + source.stats.cpu_seconds
                     loop.call_soon_threadsafe(offer, sample)
             except SourceError as exc:
                 loop.call_soon_threadsafe(fail, exc)
@@ -251,6 +266,8 @@ class CameraWorker:
             finally:
                 if source is not None:
                     source.close()
+                    session = time.thread_time() - started + source.stats.cpu_seconds
+                    self.stats.cpu_ended, self.stats.cpu_session = self.stats.cpu_ended + session, 0.0
 
         reader = threading.Thread(target=read, name=f"read-{self.name}", daemon=True)
         reader.start()
@@ -273,6 +290,7 @@ class CameraWorker:
     async def _process_watched(self, sample: Sample) -> None:
         """`_process`, with the time it started on the stats while it runs (the stall check reads it)."""
         self.stats.busy_since = time.monotonic()
+        self.stats.lags.append(max(time.time() - sample.captured_at, 0.0))
         try:
             await self._process(sample)
         finally:

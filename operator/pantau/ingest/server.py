@@ -71,6 +71,7 @@ def _camera_families(cams: Sequence[CameraStatusReport]) -> list[Metric]:
         "Capture time of the camera's last processed frame, seconds since the epoch.",
         labels=camera,
     )
+    load = _load_families(cams)
     for c in cams:
         processed.add_metric([c.camera], c.frames_processed)
         for reason, count in sorted(c.frames_dropped.items()):
@@ -83,7 +84,35 @@ def _camera_families(cams: Sequence[CameraStatusReport]) -> list[Metric]:
         fps.add_metric([c.camera], c.fps)
         if c.last_frame_time is not None:
             last_frame.add_metric([c.camera], c.last_frame_time.timestamp())
-    return [processed, dropped, detections, streaming, state, fps, last_frame]
+    return [processed, dropped, detections, streaming, state, fps, last_frame, *load]
+
+
+def _load_families(cams: Sequence[CameraStatusReport]) -> list[Metric]:
+    """What each camera costs: the load the operator scales the pool on."""
+    camera = ["camera"]
+    sampled = CounterMetricFamily(
+        "pantau_frames_sampled_total", "Samples the camera's source delivered.", labels=camera
+    )
+    cpu = CounterMetricFamily(
+        "pantau_camera_cpu_seconds_total",
+        "CPU seconds of the camera's threads and its share of the pod's other work.",
+        labels=camera,
+    )
+    cores = GaugeMetricFamily(
+        "pantau_camera_cpu_cores", "The camera's CPU seconds per second, recent.", labels=camera
+    )
+    lag = GaugeMetricFamily(
+        "pantau_camera_decode_lag_seconds",
+        "Median age of recent samples when the pipeline took them (decode, letterbox, queue).",
+        labels=camera,
+    )
+    for c in cams:
+        sampled.add_metric([c.camera], c.frames_sampled)
+        cpu.add_metric([c.camera], c.cpu_seconds)
+        cores.add_metric([c.camera], c.cpu_cores)
+        if c.decode_lag_ms is not None:
+            lag.add_metric([c.camera], c.decode_lag_ms / 1000)
+    return [sampled, cpu, cores, lag]
 
 
 def _le(bound: float) -> str:
@@ -119,6 +148,11 @@ def _pod_families(report: PodStatusReport) -> list[Metric]:
             "pantau_ingest_start_time_seconds",
             "When this pod's ingest process started, seconds since the epoch.",
             value=report.started_at.timestamp(),
+        ),
+        GaugeMetricFamily(
+            "pantau_ingest_cpu_cores",
+            "CPU seconds per second of this pod's ingest process, recent.",
+            value=report.cpu_cores,
         ),
     ]
 

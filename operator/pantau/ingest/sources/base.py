@@ -140,6 +140,7 @@ class SourceStats:
     keyframes_only: bool  # the decoder skips non-key frames
     session_open: bool  # the connection (or file) is open
     keyframe_interval: float | None  # seconds, measured; None until two keyframes were seen
+    cpu_seconds: float = 0.0  # CPU of the source's own receiving thread (the caller's thread not counted)
 
 
 # ----- classification -----------------------------------------------------------------------------
@@ -327,6 +328,7 @@ class Source:
         self._keyframes_only = False
         self._session_open = False
         self._gop: float | None = None
+        self._thread_cpu = 0.0  # see SourceStats.cpu_seconds
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.cfg.protocol} {self._name}>"
@@ -348,6 +350,7 @@ class Source:
                 keyframes_only=self._keyframes_only,
                 session_open=self._session_open,
                 keyframe_interval=self._gop,
+                cpu_seconds=self._thread_cpu,
             )
 
     def read(self) -> Sample:
@@ -443,6 +446,7 @@ class _StreamingSource(Source):
         self._received = 0
         self._opened_at = self._last_data = self._decoded_at = time.monotonic()
         self._thread: threading.Thread | None = None
+        self._cpu_start = 0.0
 
     def _start(self) -> None:
         with self._cond:
@@ -467,6 +471,7 @@ class _StreamingSource(Source):
 
     def _reader(self) -> None:
         error: SourceError | None = None
+        self._cpu_start = time.thread_time()
         try:
             self._produce()
         except SourceError as exc:
@@ -478,6 +483,7 @@ class _StreamingSource(Source):
                 self._release()
             finally:
                 with self._cond:
+                    self._thread_cpu = time.thread_time() - self._cpu_start
                     self._session_open = False
                     if error is not None and self._failure is None and not self._stop.is_set():
                         self._failure = error
@@ -486,8 +492,10 @@ class _StreamingSource(Source):
             log.debug("source %s: %s (%s)", self._name, error.reason, error)
 
     def _received_data(self) -> None:
+        """Reader thread: data came (the stall clock restarts, the thread's CPU is brought up to date)."""
         with self._cond:
             self._last_data = time.monotonic()
+            self._thread_cpu = time.thread_time() - self._cpu_start
 
     def _publish(
         self, payload: av.VideoFrame | bytes, *, wall: float, keyframe: bool, seconds: float

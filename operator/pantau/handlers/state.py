@@ -34,6 +34,7 @@ from pantau.models.camera import CameraSpec
 from pantau.models.site import SiteSpec
 from pantau.reconcile.camera import CameraPlan, secrets_of
 from pantau.reconcile.facts import Event, ObjectFacts, PodFacts, SecretFacts, SiteObservation
+from pantau.reconcile.pool_size import Memory
 from pantau.reconcile.reports import camera_reports, pods_to_poll
 from pantau.reconcile.site import SitePlan, plan_site, sink_secrets
 from pantau.settings import OperatorSettings
@@ -163,6 +164,7 @@ class OperatorState:
     dirty: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     written: dict[tuple[str, ...], tuple[str, float]] = field(default_factory=dict)
     secrets: SecretCache = field(init=False)
+    scalers: dict[tuple[str, str], Memory] = field(default_factory=dict)  # Site -> its pool's scaler
 
     def __post_init__(self) -> None:
         self.secrets = SecretCache(self.api, self.settings.secret_refresh)
@@ -207,6 +209,7 @@ class OperatorState:
 
     def forget(self, namespace: str, name: str) -> None:
         self.dirty.pop((namespace, name), None)
+        self.scalers.pop((namespace, name), None)
 
     # ----- writes, each skipped when nothing would change -----
 
@@ -326,5 +329,9 @@ async def reconcile_site(state: OperatorState, namespace: str, name: str, indexe
     observed = replace(observed, secrets=await state.secrets.facts(namespace, named))
     pulled = await state.pull_reports(pods_to_poll(observed, state.settings.may_poll))
     reports = camera_reports(pulled, observed)
-    plan = plan_site(observed, state.settings.pool(), datetime.now(UTC), reports)
+    cores = sum(r.cpu_cores for r in pulled.values()) if pulled else None
+    memory = state.scalers.get((namespace, name))
+    plan = plan_site(observed, state.settings.pool(), datetime.now(UTC), reports, cores, memory)
     await state.apply_site_plan(observed, plan)
+    if plan.memory is not None:  # kept once written: a failed pass decides again from the last one
+        state.scalers[(namespace, name)] = plan.memory

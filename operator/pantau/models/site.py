@@ -7,7 +7,7 @@ import re
 from decimal import Decimal
 from typing import Annotated, Final, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, AwareDatetime, Field, model_validator
 
 from pantau.models.camera import (
     ClassNames,
@@ -137,10 +137,42 @@ class PodCapacity(ApiModel):
     fps: Annotated[int, Field(ge=1, le=MAX_FPS_PER_POD)] = 40
 
 
+Seconds = Annotated[int, Field(ge=0, le=3600)]
+Period = Annotated[int, Field(ge=1, le=1800)]
+Percent = Annotated[int, Field(ge=1, le=1000)]
+
+
+class ScaleUp(ApiModel):
+    """How fast the pool may grow (the HorizontalPodAutoscaler's scaleUp rules and defaults)."""
+
+    stabilization_window_seconds: Seconds = 0
+    pods: Annotated[int, Field(ge=1, le=MAX_PODS)] | None = 4
+    percent: Percent | None = 100
+    period_seconds: Period = 15
+
+
+class ScaleDown(ApiModel):
+    """How fast the pool may shrink (the HorizontalPodAutoscaler's scaleDown rules and defaults)."""
+
+    stabilization_window_seconds: Seconds = 300
+    pods: Annotated[int, Field(ge=1, le=MAX_PODS)] | None = None
+    percent: Percent | None = 100
+    period_seconds: Period = 15
+
+
+class Scaling(ApiModel):
+    """The pool follows its measured CPU: pods = ceil(cores used / (CPU request x target))."""
+
+    target_utilization_percent: Annotated[int, Field(ge=1, le=100)] = 70
+    scale_up: ScaleUp = ScaleUp()
+    scale_down: ScaleDown = ScaleDown()
+
+
 class IngestPool(ApiModel):
     min_pods: Annotated[int, Field(ge=0, le=MAX_PODS)] = 1
     max_pods: Annotated[int, Field(ge=1, le=MAX_PODS)] = 4
     pod_capacity: PodCapacity = PodCapacity()
+    scaling: Scaling = Scaling()
     image: Annotated[str, Field(max_length=512)] | None = None
     resources: Resources | None = None
 
@@ -240,8 +272,22 @@ class PodCounts(ApiModel):
     ready: Count
 
 
+class ScalingStatus(ApiModel):
+    """What the pool's size was last decided on."""
+
+    cpu_cores: Annotated[float, Field(ge=0)] | None = None  # measured, the pool's pods together
+    utilization_percent: Count | None = None  # of the ready pods' CPU requests
+    declared_pods: Count  # what the Cameras' declared cost needs (the floor)
+    recommended_pods: Count  # what the measured load needs, before stabilisation and rate limits
+    reason: Annotated[str, Field(max_length=64)]
+    last_scale_time: AwareDatetime | None = None
+    moved_cameras: Count | None = None  # at the last resize
+    min_moves: Count | None = None  # the fewest that resize could have moved
+
+
 class SiteStatus(ApiModel):
     observed_generation: Generation | None = None
     conditions: Conditions = ()
     cameras: CameraCounts | None = None
     pods: PodCounts | None = None
+    scaling: ScalingStatus | None = None

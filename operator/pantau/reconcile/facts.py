@@ -61,6 +61,7 @@ class PodFacts:
 
     ready: bool
     ip: str = ""  # "" until the pod has one
+    unschedulable: str | None = None  # the scheduler's message while no node fits the pod
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,6 @@ from typing import Any, Final
 from pantau.models.site import Scaling, SiteSpec, quantity_value
 from pantau.reconcile.scaling import Behavior, Decision, Sample, ScalerState, ScalingRule, decide
 
-# The HPA's default tolerance: no resize while utilisation is within 10% of the target.
-TOLERANCE: Final = 0.1
 # A status field moves only when the utilisation moved this many points: no write per noisy pass.
 UTILIZATION_STEP: Final = 10
 
@@ -54,7 +52,7 @@ def behavior(scaling: Scaling) -> Behavior:
     up, down = scaling.scale_up, scaling.scale_down
     return Behavior(
         target=scaling.target_utilization_percent / 100,
-        tolerance=TOLERANCE,
+        tolerance=scaling.tolerance_percent / 100,
         up=ScalingRule(
             stabilization_s=up.stabilization_window_seconds,
             pods=up.pods,
@@ -96,6 +94,8 @@ def size(
     """The pool's size this pass. `pods`/`ready` are the pool's pods the watch shows; `cores` the CPU
     its pods reported (None: none reported); `memory` what the last pass kept (None after a start)."""
     at = now.timestamp()
+    if memory is not None:  # the policy's clock must not run backwards (a wall clock stepped back)
+        at = max([at, *(when for when, _ in memory.state.recommendations + memory.state.changes)])
     ingest = spec.ingest
     lo = min(max(ingest.min_pods, declared), ingest.max_pods)
     if memory is None:

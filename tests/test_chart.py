@@ -260,3 +260,101 @@ def test_without_the_webhook_nothing_of_it_is_rendered(offline: Tools) -> None:
     (operator,) = [d for d in docs if d["kind"] == "Deployment" and "operator" in d["metadata"]["name"]]
     env = {e["name"] for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert "PANTAU_ADMISSION_PORT" not in env
+
+
+# ----- Triton scaling -----
+
+
+def _triton_docs(offline: Tools, *sets: str) -> dict[str, JSON]:
+    """Kind (Deployment: the Triton one, plus "Operator") -> object, of a render without the lint
+    values' autoscaling."""
+    docs = render(offline, "triton.autoscaling.enabled=false", *sets)
+    found = {d["kind"]: d for d in docs if d["kind"] in ("Role", "RoleBinding", "HorizontalPodAutoscaler")}
+    for d in docs:
+        if d["kind"] == "Deployment":
+            found["Operator" if "operator" in d["metadata"]["name"] else "Deployment"] = d
+    return found
+
+
+def _operator_env(docs: dict[str, JSON]) -> dict[str, str]:
+    return {
+        e["name"]: e.get("value")
+        for e in docs["Operator"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+
+
+def test_without_autoscaling_triton_keeps_its_replicas_and_the_operator_leaves_it(offline: Tools) -> None:
+    docs = _triton_docs(offline, "triton.replicas=3")
+    assert docs["Deployment"]["spec"]["replicas"] == 3
+    assert not {"Role", "RoleBinding", "HorizontalPodAutoscaler"} & docs.keys()
+    assert not [
+        k for k in _operator_env(docs) if k.startswith("PANTAU_TRITON_") and k != "PANTAU_TRITON_ADDRESS"
+    ]
+
+
+def test_operator_driven_triton_scaling_renders_settings_and_a_narrow_role(offline: Tools) -> None:
+    docs = _triton_docs(
+        offline,
+        "triton.autoscaling.enabled=true",
+        "triton.autoscaling.minReplicas=2",
+        "triton.autoscaling.maxReplicas=5",
+        "triton.autoscaling.interval=5",
+    )
+    assert "replicas" not in docs["Deployment"]["spec"]  # helm upgrade must not undo the scaler
+    env = _operator_env(docs)
+    assert env["PANTAU_TRITON_DEPLOYMENT"] == f"pantau-system/{docs['Deployment']['metadata']['name']}"
+    assert (env["PANTAU_TRITON_MIN_REPLICAS"], env["PANTAU_TRITON_MAX_REPLICAS"]) == ("2", "5")
+    assert (env["PANTAU_TRITON_TARGET"], env["PANTAU_TRITON_SCALE_INTERVAL"]) == ("0.7", "5")
+    settings = OperatorSettings(
+        **{k.removeprefix("PANTAU_").lower(): v for k, v in env.items() if "TRITON" in k}
+    )
+    assert settings.triton_max_replicas == 5
+    role = docs["Role"]
+    assert role["metadata"]["namespace"] == "pantau-system"
+    (scale,) = [r for r in role["rules"] if r["apiGroups"] == ["apps"]]
+    assert scale == {
+        "apiGroups": ["apps"],
+        "resources": ["deployments/scale"],
+        "resourceNames": [docs["Deployment"]["metadata"]["name"]],
+        "verbs": ["get", "patch"],
+    }
+    assert [r["resources"] for r in role["rules"]] == [
+        ["deployments/scale"],
+        ["pods"],
+        ["horizontalpodautoscalers"],
+    ]
+    assert docs["RoleBinding"]["roleRef"]["name"] == role["metadata"]["name"]
+    assert "HorizontalPodAutoscaler" not in docs
+
+
+def test_an_hpa_takes_triton_over_from_the_operator(offline: Tools) -> None:
+    docs = _triton_docs(offline, "triton.autoscaling.enabled=true", "triton.autoscaling.hpa=true")
+    hpa = docs["HorizontalPodAutoscaler"]
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": docs["Deployment"]["metadata"]["name"],
+    }
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 4)
+    assert hpa["spec"]["metrics"][0]["resource"]["target"] == {
+        "type": "Utilization",
+        "averageUtilization": 70,
+    }
+    assert "replicas" not in docs["Deployment"]["spec"]
+    assert "PANTAU_TRITON_DEPLOYMENT" not in _operator_env(docs)
+    assert not {"Role", "RoleBinding"} & docs.keys()
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["triton.autoscaling.minReplicas=3", "triton.autoscaling.maxReplicas=2"], "must not be above"),
+        (["triton.autoscaling.maxReplicas=0"], "/triton/autoscaling/maxReplicas"),
+        (["triton.autoscaling.targetUtilization=2"], "/triton/autoscaling/targetUtilization"),
+        (["triton.autoscaling.hpa=yes"], "/triton/autoscaling/hpa"),
+    ],
+)
+def test_bad_triton_scaling_values_are_refused(offline: Tools, sets: list[str], message: str) -> None:
+    with pytest.raises(RuntimeError, match="failed") as info:
+        render(offline, *sets)
+    assert message in str(info.value)

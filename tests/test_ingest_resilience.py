@@ -477,7 +477,8 @@ async def test_triton_down_for_30_s_drops_frames_and_recovers(
             recovered = time.monotonic() - ready
             # Every sample the source delivered is a result or a counted drop; at most the queue's
             # slots and the frame in processing are neither yet.
-            unaccounted = worker._samples - worker.stats.frames_processed - sum(worker.stats.dropped.values())
+            stats = worker.stats
+            unaccounted = stats.frames_sampled - stats.frames_processed - sum(stats.dropped.values())
     unavailable = dropped.get("InferenceUnavailable", 0) + dropped.get("Timeout", 0)
     record_property("triton_dropped", dropped)
     record_property("triton_recovered_s", round(recovered, 2))

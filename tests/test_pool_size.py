@@ -100,7 +100,9 @@ def test_a_resize_tells_how_many_cameras_moved_against_the_fewest_possible() -> 
     the_site = site(maxPods=4)
     first = plan_site(observe(the_site, cameras, {f"{POOL}-{i}": True for i in range(2)}), SETTINGS, NOW)
     assert first.children[4]["spec"]["replicas"] == 2
-    labelled = [cam(c.name, fps=5, labels={"pantau.io/shard": first.camera_labels[c.name]}) for c in cameras]
+    labelled = [
+        cam(c.name, fps=5, labels={"pantau.io/shard": str(first.camera_labels[c.name])}) for c in cameras
+    ]
     pods = {f"{POOL}-{i}": True for i in range(2)}
     # The two pods report 0.9 cores together: 0.9 / (0.25 x 0.7) -> 6, capped at maxPods 4.
     plan = plan_site(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pantau.builders.pool import PoolSettings
@@ -88,6 +88,23 @@ class OperatorSettings(BaseSettings):
     status_timeout: float = Field(
         default=5.0, gt=0, description="Seconds one ingest pod's /status may take, whole body included."
     )
+    triton_deployment: str = Field(
+        default="",
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$",
+        description="The Triton Deployment the operator scales, as namespace/name; empty: none.",
+    )
+    triton_min_replicas: int = Field(default=1, ge=0, description="Fewest Triton replicas the operator sets.")
+    triton_max_replicas: int = Field(default=4, ge=1, description="Most Triton replicas the operator sets.")
+    triton_target: float = Field(
+        default=0.7, gt=0, le=1, description="Load per Triton replica to aim at (queue + compute time ratio)."
+    )
+    triton_instances: int = Field(
+        default=1, ge=1, description="Model instances one Triton replica runs (what its load is divided by)."
+    )
+    triton_scale_interval: float = Field(
+        default=15.0, gt=0, description="Seconds between Triton scaling passes (the HPA's sync period)."
+    )
+    triton_metrics_port: int = Field(default=8002, ge=1, le=65535, description="Triton's metrics port.")
 
     @field_validator("file_source_dirs")
     @classmethod
@@ -107,6 +124,15 @@ class OperatorSettings(BaseSettings):
                 f"setting, PANTAU_INGEST_SERVICE_NAME): remove {', '.join(wrong)}"
             )
         return env
+
+    @model_validator(mode="after")
+    def _triton_bounds(self) -> OperatorSettings:
+        if self.triton_min_replicas > self.triton_max_replicas:
+            raise ValueError(
+                f"PANTAU_TRITON_MIN_REPLICAS ({self.triton_min_replicas}) is above "
+                f"PANTAU_TRITON_MAX_REPLICAS ({self.triton_max_replicas})"
+            )
+        return self
 
     def may_poll(self, address: str) -> bool:
         if not self.status_networks:

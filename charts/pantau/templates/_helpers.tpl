@@ -72,6 +72,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/* "true" when the operator scales the chart's Triton (autoscaling on, no HPA of the chart's). */}}
+{{- define "pantau.triton.operatorScales" -}}
+{{- if and .Values.triton.enabled .Values.triton.autoscaling.enabled (not .Values.triton.autoscaling.hpa) -}}
+true
+{{- end -}}
+{{- end -}}
+
 {{/* Restricted Pod Security for a container; merges the user's securityContext over it. */}}
 {{- define "pantau.containerSecurityContext" -}}
 {{- $base := dict "runAsNonRoot" true "allowPrivilegeEscalation" false "readOnlyRootFilesystem" true "capabilities" (dict "drop" (list "ALL")) "seccompProfile" (dict "type" "RuntimeDefault") -}}

@@ -21,6 +21,7 @@ def operator(
 
     settings = OperatorSettings()
     import pantau.handlers.registration  # noqa: F401 - registers the handlers with Kopf
+    from pantau.handlers import triton_scaler  # noqa: F401 - and the Triton scaler
 
     kopf.configure(verbose=verbose, log_prefix=True)
     if not verbose:

@@ -1,9 +1,14 @@
 """The only code that talks to the API server (besides Kopf's own watching).
 
 Writes are server-side apply with one field manager (for objects and for status), so the
-operator states what it wants and never reads-modifies-writes. Requests go through one httpx
-async client with the credentials the kubernetes package finds (in-cluster ServiceAccount or
-kubeconfig), limited to a fixed number in flight.
+operator states what it wants and never reads-modifies-writes. Requests go through one aiohttp
+session (watches through an httpx client) with the credentials the kubernetes package finds
+(in-cluster ServiceAccount or kubeconfig), limited to a fixed number in flight.
+
+Why two clients: at scale the operator sends thousands of applies in a burst, and httpx's
+pool bookkeeping (anyio streams, a failed `import sniffio` per request) cost ~1.7 ms of CPU per
+request against ~0.2 ms for aiohttp, which Kopf already uses (measured with the same TLS server).
+The watch keeps httpx's line streaming, which its users rely on.
 """
 
 from __future__ import annotations
@@ -11,9 +16,12 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+import aiohttp
 import httpx
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
@@ -35,6 +43,9 @@ _PLURALS = {
     "NetworkPolicy": "networkpolicies",
     "Site": "sites",
     "Camera": "cameras",
+    "Deployment": "deployments",
+    "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+    "ClusterKopfPeering": "clusterkopfpeerings",
 }
 
 
@@ -64,9 +75,31 @@ def object_path(api_version: str, kind: str, namespace: str | None, name: str | 
 METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
 
+def env_proxy(url: str) -> str | None:
+    """The proxy that HTTPS_PROXY / HTTP_PROXY name for `url`, unless NO_PROXY exempts its host, as
+    httpx honoured them. Read once: aiohttp's `trust_env` reads them (and ~/.netrc) in a thread on
+    every request."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.hostname or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
+
+
 class KubeApi:
-    def __init__(self, http: httpx.AsyncClient, field_manager: str, concurrency: int, token: _Token) -> None:
-        self._http = http
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        field_manager: str,
+        concurrency: int,
+        token: _Token,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self._http = http  # watches
+        self._base = str(http.base_url).rstrip("/")
+        self._tls = tls  # None: the system's CAs
+        self._session: aiohttp.ClientSession | None = None  # requests; opened on the first one
+        self._proxy = env_proxy(self._base)
+        self._concurrency = concurrency
         self._field_manager = field_manager
         self._slots = asyncio.Semaphore(concurrency)
         self._token = token
@@ -91,10 +124,21 @@ class KubeApi:
             ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         http = httpx.AsyncClient(base_url=cfg.host, verify=ctx, timeout=30.0, limits=limits)
-        return cls(http, field_manager, concurrency, _Token(cfg))
+        return cls(http, field_manager, concurrency, _Token(cfg), ctx)
 
     async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
         await self._http.aclose()
+
+    def _client(self) -> aiohttp.ClientSession:
+        """The session, opened inside the running loop (aiohttp's requirement) on first use."""
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._concurrency, ssl=self._tls or True)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=30.0)
+            )
+        return self._session
 
     async def _request(
         self,
@@ -108,20 +152,25 @@ class KubeApi:
     ) -> JSON:
         headers = {"Content-Type": content_type, "Accept": accept, **self._token.header()}
         content = json.dumps(body).encode() if body is not None else None
+        url = self._base + path
         async with self._slots:
             try:
-                resp = await self._http.request(method, path, params=params, content=content, headers=headers)
-            except httpx.HTTPError as exc:
-                raise ApiError(0, "Unreachable", str(exc)) from exc
+                async with self._client().request(
+                    method, url, params=params, data=content, headers=headers, proxy=self._proxy
+                ) as resp:
+                    code, raw = resp.status, await resp.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise ApiError(0, "Unreachable", str(exc) or type(exc).__name__) from exc
         if method != "GET":
             self.writes += 1
-        if resp.status_code >= 400:
+        if code >= 400:
+            text = raw.decode(errors="replace")
             try:
-                status = resp.json()
-                raise ApiError(resp.status_code, status.get("reason", ""), status.get("message", resp.text))
-            except ValueError:
-                raise ApiError(resp.status_code, "", resp.text) from None
-        result: JSON = resp.json() if resp.content else {}
+                status = json.loads(raw)
+                raise ApiError(code, status.get("reason", ""), status.get("message", text))
+            except (ValueError, AttributeError):
+                raise ApiError(code, "", text) from None
+        result: JSON = json.loads(raw) if raw else {}
         return result
 
     async def apply(self, obj: JSON, *, subresource: str | None = None) -> JSON:
@@ -156,6 +205,42 @@ class KubeApi:
             raise
         metadata: JSON = found.get("metadata") or {}
         return metadata
+
+    async def get_scale(self, api_version: str, kind: str, namespace: str, name: str) -> JSON | None:
+        """The object's `scale` subresource (autoscaling/v1 Scale: spec.replicas, status.selector), or
+        None when the object does not exist."""
+        return await self._scale_request("GET", api_version, kind, namespace, name)
+
+    async def set_replicas(
+        self, api_version: str, kind: str, namespace: str, name: str, replicas: int
+    ) -> JSON:
+        """Set spec.replicas through the `scale` subresource (what `kubectl scale` does): it needs
+        no other permission on the object, and changes nothing else of it."""
+        found = await self._scale_request("PATCH", api_version, kind, namespace, name, replicas)
+        if found is None:
+            raise ApiError(404, "NotFound", f"{kind} {namespace}/{name} does not exist")
+        return found
+
+    async def _scale_request(
+        self, method: str, api_version: str, kind: str, namespace: str, name: str, replicas: int | None = None
+    ) -> JSON | None:
+        path = object_path(api_version, kind, namespace, name) + "/scale"
+        body = {"spec": {"replicas": replicas}} if replicas is not None else None
+        try:
+            patch = "application/merge-patch+json"
+            return await self._request(
+                method, path, body=body, content_type=patch if body else "application/json"
+            )
+        except ApiError as exc:
+            if exc.not_found:
+                return None
+            raise
+
+    async def create(self, obj: JSON) -> JSON:
+        """POST a new object (for Events, whose names the server generates); not for children,
+        which are applied."""
+        path = object_path(obj["apiVersion"], obj["kind"], obj["metadata"].get("namespace"))
+        return await self._request("POST", path, body=obj)
 
     async def list_objects(
         self, api_version: str, kind: str, namespace: str | None, label_selector: str = ""

@@ -11,7 +11,9 @@ and the pytest fixtures both drive this one class.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import logging
 import os
 import shutil
 import ssl
@@ -30,6 +32,8 @@ from pantau_dev.node import RealNode
 from pantau_dev.pki import Pki
 from pantau_dev.procs import ProcessRecord, ProcessTable, StackError, wait_for, write_json
 from pantau_dev.settings import DevSettings
+
+log = logging.getLogger(__name__)
 
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 # Fake nodes are tainted: pods go to the real node unless they tolerate this (scale tests do).
@@ -94,6 +98,7 @@ class DevStack:
         self.model_repository = self.state / "models"
         self.node = RealNode(settings, self.pki, self.procs, ADMIN_USER)
         self.host_ip = self.node.node_ip if settings.real_node else "127.0.0.1"
+        self._node_lock: int | None = None  # fd of the machine-wide real-node lock while this stack holds it
 
     # ----- public API -----
 
@@ -103,6 +108,7 @@ class DevStack:
         self._check_binaries()
         real_node = self.settings.real_node
         if real_node:  # the bridge first: the API server, Triton and Jaeger listen on it
+            self._lock_node()
             self.node.prepare()
             self.pki.ensure(CLIENTS | self.node.client_certs(), self.node.apiserver_ips())
         else:
@@ -211,9 +217,35 @@ class DevStack:
             names = [r.name for r in self.procs.records()]
             middle = [n for n in names if n not in STOP_LAST]
             self.procs.stop_all(grace=10.0, order=middle + STOP_LAST)
+            self._unlock_node()
         if purge and self.state.exists():
             shutil.rmtree(self.state)
         return stopped
+
+    def _lock_node(self) -> None:
+        """One real node per machine: its bridge, addresses and iptables chains are the host's, so a
+        second stack starting one would take them from the first. Wait for the other to stop."""
+        if self._node_lock is not None:
+            return
+        path = self.settings.cache_dir / "real-node.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            log.warning(
+                "another stack with a real node runs on this machine (pid %s): waiting for it", holder
+            )
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._node_lock = fd
+
+    def _unlock_node(self) -> None:
+        if self._node_lock is not None:
+            os.close(self._node_lock)  # closing the descriptor releases the lock
+            self._node_lock = None
 
     def status(self) -> StackInfo:
         ports = self._ports(create=False)

@@ -60,9 +60,14 @@ def test_every_generated_config_matches_the_contract(model_path: Path, tmp_path:
     if target == "cpu":
         detector = configs[contract.MODEL]
         assert detector.backend == "python"
-        assert list(detector.dynamic_batching.preferred_batch_size) == [4, 8]
-        assert [g.kind for g in detector.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
+        # On a CPU a batch costs its frames apart: an instance takes what is queued, without waiting.
+        assert list(detector.dynamic_batching.preferred_batch_size) == []
+        assert detector.dynamic_batching.max_queue_delay_microseconds == 0
+        assert [(g.kind, g.count) for g in detector.instance_group] == [
+            (mc.ModelInstanceGroup.KIND_CPU, options.instances)
+        ]
         assert detector.parameters["input_size"].string_value == "416"
+        assert detector.parameters["intra_op_threads"].string_value == str(options.intra_op_threads)
         assert (written[contract.MODEL] / contract.VERSION / "model.onnx").is_file()
         assert set(configs) == {contract.MODEL, contract.JPEG_MODEL}
     else:
@@ -74,7 +79,8 @@ def test_every_generated_config_matches_the_contract(model_path: Path, tmp_path:
         onnx_cfg = configs["yolox_onnx"]
         assert onnx_cfg.platform == "onnxruntime_onnx"
         assert [g.kind for g in onnx_cfg.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
-        assert onnx_cfg.HasField("dynamic_batching")
+        assert list(onnx_cfg.dynamic_batching.preferred_batch_size) == list(options.preferred_batch_sizes)
+        assert onnx_cfg.dynamic_batching.max_queue_delay_microseconds == options.max_queue_delay_us
         assert tensors(onnx_cfg.output) == {contract.RAW: ("TYPE_FP32", (3549, 85))}
         assert tensors(configs["yolox_post"].input)[contract.RAW] == ("TYPE_FP32", (3549, 85))
     # Python-backend models carry the shared processing code beside them, byte for byte.

@@ -103,7 +103,9 @@ class IngestSettings(BaseSettings):
     backoff_cap: float = Field(default=30.0, gt=0, validation_alias=_env("PANTAU_INGEST_BACKOFF_CAP"))
     auth_backoff: float = Field(default=60.0, gt=0, validation_alias=_env("PANTAU_INGEST_AUTH_BACKOFF"))
     secret_refresh: float = Field(default=60.0, gt=0, validation_alias=_env("PANTAU_INGEST_SECRET_REFRESH"))
-    max_batch: int = Field(default=8, ge=1, validation_alias=_env("PANTAU_INGEST_MAX_BATCH"))
+    # Frames per Triton request: 1 suits a CPU Triton (a batch costs as much as its frames apart and
+    # each waits for the last); a GPU's pays off with more (see pantau/triton/client.py).
+    max_batch: int = Field(default=1, ge=1, validation_alias=_env("PANTAU_INGEST_MAX_BATCH"))
     # Where webhook sinks keep undelivered events (one SQLite file per sink), on the pod's volume so they
     # outlive a container restart; unset: in memory only.
     spool_dir: str | None = Field(default=None, validation_alias=_env("PANTAU_INGEST_SPOOL_DIR"))

@@ -219,7 +219,7 @@ class TritonPythonModel:
         self.iou = float(params["iou_threshold"])
         self.max_det = int(params["max_detections"])
         options = ort.SessionOptions()
-        options.intra_op_num_threads = int(params["intra_op_threads"])
+        yolox.tune_session(options, int(params["intra_op_threads"]))  # as the yolox model's session
         path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name

@@ -27,18 +27,24 @@ import json
 import math
 import os
 import platform
+import re
 import tempfile
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, Literal
 
+import httpx
 import numpy as np
 import psutil
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from rich.console import Console
 from rich.table import Table
 from tritonclient import grpc as triton_grpc
@@ -108,6 +114,10 @@ class IngestConfig:
     latency_loads: tuple[tuple[int, float], ...] = ((8, 2.0), (2, 1.0))
     latency_seconds: float = 15.0
     stream: StreamConfig = field(default_factory=StreamConfig)
+    # The latency runs' client and Triton build; None / the defaults: what ingest pods and
+    # `pantau model build` use.
+    max_batch: int | None = None
+    build: builder.BuildOptions = field(default_factory=lambda: builder.BuildOptions(target="cpu"))
 
     def __post_init__(self) -> None:
         counts = [*self.cameras, self.naive_cameras, *(n for n, _ in self.latency_loads)]
@@ -165,6 +175,20 @@ class LatencyResult:
     max_ms: float
     infer_p50_ms: float  # of which the Triton call (batching included)
     infer_p99_ms: float
+    # Where the time goes, per frame from its trace spans: capture -> the Triton call starts (the
+    # camera's queue, the event loop), and the call's end -> the event published (analyse, publish).
+    to_call_p50_ms: float
+    to_call_p99_ms: float
+    after_call_p50_ms: float
+    after_call_p99_ms: float
+    # The Triton call's mean, split with Triton's metrics (means per request): the client's side
+    # (batching wait, a free in-flight slot, serialising, gRPC) and the server's queue and compute.
+    infer_mean_ms: float
+    client_side_ms: float
+    server_queue_ms: float
+    server_compute_ms: float
+    frames_per_request: float  # the client's batches
+    frames_per_execution: float  # the batches the model ran (Triton's dynamic batcher merges requests)
     dropped: int  # samples dropped by the workers (queue full, inference errors)
     kept_up: bool
     ingest_cores: float  # this process: sessions, letterbox, client, events
@@ -524,10 +548,10 @@ class _TimedSink:
         await self._inner.aclose(grace)
 
 
-def load_model(model_path: Path, endpoints: Endpoints) -> None:
+def load_model(model_path: Path, endpoints: Endpoints, options: builder.BuildOptions) -> None:
     """The cpu repository (as `pantau model build`) built into the server's repository; the detector
     model (re)loaded."""
-    builder.build(model_path, endpoints.model_repository, builder.BuildOptions(target="cpu"))
+    builder.build(model_path, endpoints.model_repository, options)
     client = triton_grpc.InferenceServerClient(endpoints.grpc)
     try:
         client.load_model(contract.MODEL)
@@ -535,6 +559,98 @@ def load_model(model_path: Path, endpoints: Endpoints) -> None:
             raise StackError(f"Triton did not load {contract.MODEL}")
     finally:
         client.close()
+
+
+# ----- where the time goes -----
+
+_METRIC = re.compile(r"^(nv_inference_\w+)\{([^}]*)\}\s+(\S+)$", re.MULTILINE)
+
+
+def triton_counters(metrics: str | None) -> dict[str, float]:
+    """The detector model's cumulative `nv_inference_*` counters; empty when they cannot be read."""
+    if not metrics:
+        return {}
+    try:
+        text = httpx.get(f"{metrics}/metrics", timeout=2).text
+    except httpx.HTTPError:
+        return {}
+    return {
+        name: float(value)
+        for name, labels, value in _METRIC.findall(text)
+        if f'model="{contract.MODEL}"' in labels
+    }
+
+
+@dataclass(frozen=True)
+class ServerTimes:
+    """Triton's view of a window, means per request (its durations count each request of a batch)."""
+
+    request_ms: float  # received -> response sent
+    queue_ms: float  # waiting for a model instance (and the dynamic batcher's delay)
+    compute_ms: float  # inputs to the backend, execution, outputs back
+    frames_per_request: float
+    frames_per_execution: float
+
+    @classmethod
+    def between(cls, before: dict[str, float], after: dict[str, float]) -> ServerTimes:
+        def delta(name: str) -> float:
+            return after.get(name, math.nan) - before.get(name, math.nan)
+
+        requests = delta("nv_inference_request_success")
+        if not requests > 0:
+            return cls(math.nan, math.nan, math.nan, math.nan, math.nan)
+        compute = sum(
+            delta(f"nv_inference_compute_{part}_duration_us") for part in ("input", "infer", "output")
+        )
+        return cls(
+            request_ms=delta("nv_inference_request_duration_us") / requests / 1000,
+            queue_ms=delta("nv_inference_queue_duration_us") / requests / 1000,
+            compute_ms=compute / requests / 1000,
+            frames_per_request=delta("nv_inference_count") / requests,
+            frames_per_execution=delta("nv_inference_count") / delta("nv_inference_exec_count"),
+        )
+
+
+def stage_times(spans: Sequence[ReadableSpan], start: float, end: float) -> tuple[list[float], list[float]]:
+    """ms from capture to the Triton call, and from the call's end to the event published, of each frame
+    whose event was published within [start, end) (wall clock, seconds)."""
+    frames: defaultdict[int, dict[str, ReadableSpan]] = defaultdict(dict)
+    for span in spans:
+        if span.context is not None:
+            frames[span.context.trace_id][span.name] = span
+    to_call: list[float] = []
+    after_call: list[float] = []
+    for frame in frames.values():
+        decode, infer = frame.get(telemetry.SPAN_READ_DECODE), frame.get(telemetry.SPAN_INFER)
+        publish = frame.get(telemetry.SPAN_PUBLISH)
+        if decode is None or infer is None or publish is None:
+            continue
+        times = (decode.end_time, infer.start_time, infer.end_time, publish.end_time)
+        if None in times or not start * 1e9 <= (publish.end_time or 0) < end * 1e9:
+            continue
+        captured, called, answered, published = (int(t or 0) for t in times)
+        to_call.append((called - captured) / 1e6)
+        after_call.append((published - answered) / 1e6)
+    return to_call, after_call
+
+
+def _percentiles(values: Sequence[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    p50, p99 = np.percentile(values, [50, 99])
+    return float(p50), float(p99)
+
+
+@dataclass
+class _Window:
+    """What one latency window collected."""
+
+    start: float = 0.0  # wall clock
+    end: float = 0.0
+    used: _Used | None = None
+    infer_ms: list[float] = field(default_factory=list)  # the workers' Triton calls
+    dropped: int = 0
+    server: ServerTimes | None = None
 
 
 async def measure_latency(
@@ -548,12 +664,17 @@ async def measure_latency(
     """`n` CameraWorkers sampling at `fps`, as in an ingest pod, over one window."""
     n, fps = load
     provider = telemetry.setup_tracing("pantau-bench-ingest", {"pantau.site": "bench"})
+    spans = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
     sink = _TimedSink(JsonLinesSink(events_path, name="events-file"), n)
     spec = CameraSpec.model_validate(
         {"siteRef": {"name": "bench"}, "source": {"url": url, "protocol": "rtsp"}, "sampling": {"fps": fps}}
     )
+    settings = ClientSettings(url=endpoints.grpc)
+    if config.max_batch is not None:
+        settings = replace(settings, max_batch=config.max_batch)
     try:
-        detector = await Detector.connect(ClientSettings(url=endpoints.grpc))
+        detector = await Detector.connect(settings)
     except InferenceError as exc:
         raise StackError(f"Triton at {endpoints.grpc}: {exc}") from exc
     async with detector:
@@ -571,44 +692,83 @@ async def measure_latency(
         for w in workers:
             w.start()
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(sink.every_camera.wait(), OPEN_TIMEOUT + 5)
-            if not sink.records:
-                reasons = {f"{w.stats.reason}: {w.stats.message}" for w in workers}
-                raise StackError(f"no camera worker processed a frame: {sorted(reasons)}")
-            await asyncio.sleep(config.warmup)
-            seconds = config.latency_seconds
-            before = await asyncio.to_thread(meter.sample)
-            start, first = time.time(), [len(w.stats.latencies_ms) for w in workers]
-            dropped0 = sum(sum(w.stats.dropped.values()) for w in workers)
-            await asyncio.sleep(seconds)
-            after = await asyncio.to_thread(meter.sample)
-            end = time.time()
-            infer = [ms for w, k in zip(workers, first, strict=True) for ms in list(w.stats.latencies_ms)[k:]]
-            dropped = sum(sum(w.stats.dropped.values()) for w in workers) - dropped0
+            window = await _measure_window(workers, sink, config, meter, endpoints)
         finally:
             await asyncio.gather(*(w.stop() for w in workers))
             await sink.aclose(grace=2)
             telemetry.shutdown(provider, timeout=2)
-    latencies = [(p - c) * 1000 for p, c in sink.records if start <= p < end]
-    if not latencies:
+    to_call, after_call = stage_times(spans.get_finished_spans(), window.start, window.end)
+    return _latency_result(load, sink, window, to_call, after_call)
+
+
+async def _measure_window(
+    workers: Sequence[CameraWorker],
+    sink: _TimedSink,
+    config: IngestConfig,
+    meter: _Meter,
+    endpoints: Endpoints,
+) -> _Window:
+    """Once every camera published, after the warm-up: one window of `latency_seconds`."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(sink.every_camera.wait(), OPEN_TIMEOUT + 5)
+    if not sink.records:
+        reasons = {f"{w.stats.reason}: {w.stats.message}" for w in workers}
+        raise StackError(f"no camera worker processed a frame: {sorted(reasons)}")
+    await asyncio.sleep(config.warmup)
+    window = _Window()
+    before = await asyncio.to_thread(meter.sample)
+    counters0 = await asyncio.to_thread(triton_counters, endpoints.metrics)
+    window.start, first = time.time(), [len(w.stats.latencies_ms) for w in workers]
+    dropped0 = sum(sum(w.stats.dropped.values()) for w in workers)
+    await asyncio.sleep(config.latency_seconds)
+    after = await asyncio.to_thread(meter.sample)
+    counters1 = await asyncio.to_thread(triton_counters, endpoints.metrics)
+    window.end = time.time()
+    window.infer_ms = [
+        ms for w, k in zip(workers, first, strict=True) for ms in list(w.stats.latencies_ms)[k:]
+    ]
+    window.dropped = sum(sum(w.stats.dropped.values()) for w in workers) - dropped0
+    window.used = _Used.between(before, after, window.end - window.start)
+    window.server = ServerTimes.between(counters0, counters1)
+    return window
+
+
+def _latency_result(
+    load: tuple[int, float], sink: _TimedSink, window: _Window, to_call: list[float], after_call: list[float]
+) -> LatencyResult:
+    n, fps = load
+    seconds = window.end - window.start
+    latencies = [(p - c) * 1000 for p, c in sink.records if window.start <= p < window.end]
+    if not latencies or window.used is None or window.server is None:
         raise StackError("no event was published inside the latency window")
-    used = _Used.between(before, after, end - start)
-    share = len(latencies) / (n * fps * (end - start))
-    p50, p99 = np.percentile(latencies, [50, 99])
-    i50, i99 = np.percentile(infer, [50, 99]) if infer else (math.nan, math.nan)
+    used, server = window.used, window.server
+    share = len(latencies) / (n * fps * seconds)
+    p50, p99 = _percentiles(latencies)
+    i50, i99 = _percentiles(window.infer_ms)
+    infer_mean = float(np.mean(window.infer_ms)) if window.infer_ms else math.nan
+    (c50, c99), (a50, a99) = _percentiles(to_call), _percentiles(after_call)
     return LatencyResult(
         cameras=n,
         fps=fps,
-        seconds=round(end - start, 3),
+        seconds=round(seconds, 3),
         events=len(latencies),
         events_pct=100 * share,
-        p50_ms=float(p50),
-        p99_ms=float(p99),
+        p50_ms=p50,
+        p99_ms=p99,
         max_ms=max(latencies),
-        infer_p50_ms=float(i50),
-        infer_p99_ms=float(i99),
-        dropped=dropped,
+        infer_p50_ms=i50,
+        infer_p99_ms=i99,
+        to_call_p50_ms=c50,
+        to_call_p99_ms=c99,
+        after_call_p50_ms=a50,
+        after_call_p99_ms=a99,
+        infer_mean_ms=infer_mean,
+        client_side_ms=infer_mean - server.request_ms,
+        server_queue_ms=server.queue_ms,
+        server_compute_ms=server.compute_ms,
+        frames_per_request=server.frames_per_request,
+        frames_per_execution=server.frames_per_execution,
+        dropped=window.dropped,
         kept_up=share >= KEEP_UP,
         ingest_cores=used.own,
         triton_cores=used.triton,
@@ -671,7 +831,7 @@ def run(
                 rows.append(measure_decode(path, url, cameras, fps, size, config, meter))
             with triton() as endpoints:
                 progress("building and loading the detector model")
-                load_model(model_path, endpoints)
+                load_model(model_path, endpoints, config.build)
                 meter = _Meter(record.pid if record else None, endpoints.server_pid)
                 latency: list[LatencyResult] = []
                 for load in config.latency_loads:
@@ -855,6 +1015,7 @@ def render(report: Report, console: Console) -> None:
                 fmt(lat.other_cpu_pct, 0),
             )
         console.print(latency)
+        _render_breakdown(report.latency, console)
 
     summary = Table(title="Goals")
     for column in ("goal", "target", "reached", "", "measured on"):
@@ -865,6 +1026,40 @@ def render(report: Report, console: Console) -> None:
     console.print(summary)
     for note in report.notes:
         console.print(f"- {note}")
+
+
+def _render_breakdown(results: Sequence[LatencyResult], console: Console) -> None:
+    table = Table(
+        title="Where the time goes: per frame from its spans (p50 / p99), the Triton call's mean split "
+        "with Triton's metrics (means per request)"
+    )
+    for column in (
+        "cameras x fps",
+        "capture -> call ms",
+        "call ms",
+        "call mean ms",
+        "client side ms",
+        "server queue ms",
+        "server compute ms",
+        "call -> event ms",
+        "frames/request",
+        "frames/execution",
+    ):
+        table.add_column(column, justify="right")
+    for lat in results:
+        table.add_row(
+            f"{lat.cameras} x {lat.fps:g}",
+            f"{fmt(lat.to_call_p50_ms)} / {fmt(lat.to_call_p99_ms)}",
+            f"{fmt(lat.infer_p50_ms)} / {fmt(lat.infer_p99_ms)}",
+            fmt(lat.infer_mean_ms),
+            fmt(lat.client_side_ms),
+            fmt(lat.server_queue_ms),
+            fmt(lat.server_compute_ms),
+            f"{fmt(lat.after_call_p50_ms)} / {fmt(lat.after_call_p99_ms)}",
+            fmt(lat.frames_per_request, 2),
+            fmt(lat.frames_per_execution, 2),
+        )
+    console.print(table)
 
 
 def parse_counts(value: str) -> tuple[int, ...]:

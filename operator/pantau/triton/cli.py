@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -25,8 +26,13 @@ def build_command(
     target: Annotated[
         str, typer.Option(help="cpu: Python backend + onnxruntime; gpu: official Triton container.")
     ] = "cpu",
-    instances: Annotated[int, typer.Option(min=1, help="Model instances (cpu target).")] = 1,
-    threads: Annotated[int, typer.Option(min=0, help="onnxruntime threads per instance; 0 = all cores.")] = 0,
+    instances: Annotated[
+        int | None, typer.Option(min=1, help="Instances of each Python-backend model; default 2.")
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(min=0, help="onnxruntime threads per instance (cpu); 0 = one per core; default 1."),
+    ] = None,
 ) -> None:
     """Write a ready Triton model repository (yolox, yolox_jpeg, ...) for one target."""
     from pantau.triton.builder import BuildOptions, ModelBuildError, Target, build
@@ -36,10 +42,14 @@ def build_command(
     if not model.is_file():
         raise typer.BadParameter(f"{model} is not a file", param_hint="--model")
     chosen: Target = "cpu" if target == "cpu" else "gpu"
+    options = BuildOptions(target=chosen)
+    options = replace(
+        options,
+        instances=instances or options.instances,
+        intra_op_threads=options.intra_op_threads if threads is None else threads,
+    )
     try:
-        written = build(
-            model, out, BuildOptions(target=chosen, instances=instances, intra_op_threads=threads)
-        )
+        written = build(model, out, options)
     except ModelBuildError as exc:
         console.print(f"[red]cannot build:[/red] {exc}")
         raise typer.Exit(1) from exc

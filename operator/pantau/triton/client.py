@@ -1,17 +1,22 @@
-"""Async detector client: frames from many cameras, batched into few gRPC calls to Triton.
+"""Async detector client: frames from many cameras to Triton over gRPC, batched when they queue up.
 
-Callers `await detector.detect(frame)` concurrently (one task per camera, say). A batcher
-collects frames for up to `max_delay` or `max_batch` frames, then sends one request; at most
+Callers `await detector.detect(frame)` concurrently (one task per camera, say). At most
 `max_in_flight` requests are outstanding, so a slow server pushes back on the callers instead of
-piling up work. Each request has a deadline; UNAVAILABLE (server restarting, overloaded
-connection) is retried with capped, jittered exponential back-off; results are split back to
-the frames they belong to.
+piling up work. Once a slot is free, a batcher sends the waiting frames as one request: those that
+queued while every slot was busy, up to `max_batch`, plus those arriving within `max_delay` of the
+first. The defaults never wait: batches form only under load. They suit a CPU Triton, where a batch
+of N costs N frames and every frame of it waits for the last: one frame per request, as many
+requests in flight as the model has instances (`BuildOptions.instances`). A GPU runs a batch for
+little more than one frame: raise `max_batch` there. Each request has a deadline; UNAVAILABLE
+(server restarting, overloaded connection) is retried with capped, jittered exponential back-off;
+results are split back to the frames they belong to.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,9 +50,9 @@ class ClientSettings:
     url: str  # host:port of Triton's gRPC endpoint
     model: str = contract.MODEL  # the JPEG entry point is "<model>_jpeg"
     wire: Wire = "uint8"
-    max_batch: int = 8
-    max_delay: float = 0.005  # seconds a frame may wait for others to fill its batch
-    max_in_flight: int = 4
+    max_batch: int = 1  # frames per request (IngestSettings.max_batch for ingest pods)
+    max_delay: float = 0.0  # seconds a frame may wait for others to fill its batch
+    max_in_flight: int = 2  # requests outstanding: the model's instances (`pantau model build`)
     timeout: float = 5.0  # per request, seconds
     retries: int = 3  # extra attempts on UNAVAILABLE
     backoff_base: float = 0.2
@@ -126,6 +131,7 @@ class Detector:
         self._client = _channel(settings)
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._slots = asyncio.Semaphore(settings.max_in_flight)
+        self._in_flight = 0  # slots taken
         self._batcher: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()
 
@@ -219,20 +225,40 @@ class Detector:
     async def _batch_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
+            first = await self._queue.get()
             deadline = loop.time() + self.settings.max_delay
-            while len(batch) < self.settings.max_batch:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except TimeoutError:
-                    break
-            await self._slots.acquire()  # back-pressure: wait for a free in-flight slot
+            # A free in-flight slot before the batch is closed: frames that arrive while every slot is
+            # busy ride in the next request instead of queueing behind it (back-pressure too).
+            await self._slots.acquire()
+            self._in_flight += 1
+            batch = await self._fill([first], deadline)
             task = asyncio.create_task(self._send(batch))
             self._sends.add(task)
             task.add_done_callback(self._sends.discard)
+
+    async def _fill(self, batch: list[_Pending], deadline: float) -> list[_Pending]:
+        """`batch` plus the frames already queued, then those that come before `deadline`, up to
+        `max_batch`."""
+        loop = asyncio.get_running_loop()
+        limit = self.settings.max_batch
+        if self.settings.max_delay <= 0:
+            # Nothing waits, so a batch is what queued while the slots were busy; frames queued
+            # together are spread over the free slots (instances that work side by side) rather
+            # than packed into one request.
+            free = self.settings.max_in_flight - self._in_flight  # besides this request's
+            limit = min(limit, math.ceil((len(batch) + self._queue.qsize()) / (1 + free)))
+        while len(batch) < limit:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
 
     async def _send(self, batch: list[_Pending]) -> None:
         try:
@@ -246,6 +272,7 @@ class Detector:
                 if not p.future.done():
                     p.future.set_result(detections)
         finally:
+            self._in_flight -= 1
             self._slots.release()
 
     async def _infer_with_retries(

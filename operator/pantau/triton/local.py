@@ -19,7 +19,7 @@ class LocalDetector:
     def __init__(self, model_path: Path, threads: int = 0) -> None:
         prepared, self.input_size = prepare_onnx(onnx.load(str(model_path)))
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
+        yolox.tune_session(options, threads)  # as the Triton model's session
         self.session = ort.InferenceSession(
             prepared.SerializeToString(), options, providers=["CPUExecutionProvider"]
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -166,6 +167,26 @@ OUTPUT_NAMES = ("NUM_DETECTIONS", "BOXES", "SCORES", "CLASSES")
 def parameters(model_config: str) -> dict[str, str]:
     """The `parameters` of a model's JSON configuration, as name -> string value."""
     return {k: v["string_value"] for k, v in json.loads(model_config)["parameters"].items()}
+
+
+class SessionOptions(Protocol):
+    """What `tune_session` sets of an `onnxruntime.SessionOptions` (not imported here: see above)."""
+
+    intra_op_num_threads: int
+    inter_op_num_threads: int
+
+    def add_session_config_entry(self, key: str, value: str) -> None: ...
+
+
+def tune_session(options: SessionOptions, intra_op_threads: int) -> None:
+    """onnxruntime settings for a detector that shares its CPU cores (with other instances, the
+    decoders, Triton itself): `intra_op_threads` per session (0 = one per core), no inter-op
+    parallelism, and pool threads that sleep when idle instead of spin-waiting, which otherwise burns
+    a core per thread between operators and between requests."""
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ class TritonPythonModel:
         params = yolox.parameters(args["model_config"])
         self.post = yolox.PostParams.from_config(params)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
+        yolox.tune_session(options, int(params.get("intra_op_threads", "1")))
         onnx_path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 

@@ -164,6 +164,7 @@ class Scaling(ApiModel):
     """The pool follows its measured CPU: pods = ceil(cores used / (CPU request x target))."""
 
     target_utilization_percent: Annotated[int, Field(ge=1, le=100)] = 70
+    tolerance_percent: Annotated[int, Field(ge=0, le=100)] = 10
     scale_up: ScaleUp = ScaleUp()
     scale_down: ScaleDown = ScaleDown()
 

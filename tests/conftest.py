@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -96,3 +96,14 @@ def namespace(api: client.ApiClient, request: pytest.FixtureRequest) -> Iterator
     wait_for(lambda: core.list_namespaced_service_account(name).items, timeout=30, what=f"SA in {name}")
     yield name
     core.delete_namespace(name)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Each phase's report on the test item (`rep_setup`, `rep_call`): fixtures that diagnose a failure
+    read it before the stack that failed is torn down."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

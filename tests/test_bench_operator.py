@@ -49,6 +49,8 @@ def test_benchmark_assigns_every_camera_and_reports_every_measure(dev_stack: Dev
     assert report.writes_per_camera == pytest.approx(report.camera_writes / 40)
     assert report.total_writes_per_camera == pytest.approx(report.total_writes / 40)
     assert report.failed_requests == {}
+    assert report.steady_writes is not None  # counted once converged; kinds -> requests
+    assert report.profile == {}  # recorded only with `profile` (py-spy)
 
     assert report.peak_rss_mb > 20  # a Python process with Kopf, kubernetes and pydantic loaded
     assert 0 < report.start_rss_mb <= report.peak_rss_mb

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -13,6 +14,9 @@ from rich.console import Console
 from pantau_dev.procs import StackError
 from pantau_dev.settings import DevSettings
 from pantau_dev.stack import DevStack
+
+if TYPE_CHECKING:
+    from pantau.triton.builder import BuildOptions
 
 bench_app = typer.Typer(
     add_completion=False, help="Benchmarks on the real local stack.", no_args_is_help=True
@@ -50,6 +54,18 @@ def _concurrency(value: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(levels))  # once each, in the order given
 
 
+def _cpu_build(instances: int | None, threads: int | None) -> BuildOptions:
+    """`pantau model build`'s cpu options, with what the command line overrides."""
+    from pantau.triton.builder import BuildOptions
+
+    options = BuildOptions(target="cpu")
+    return replace(
+        options,
+        instances=instances or options.instances,
+        intra_op_threads=options.intra_op_threads if threads is None else threads,
+    )
+
+
 @bench_app.command("inference")
 def inference_command(
     frames: Annotated[int, typer.Option(min=1, help="Frames of the clip decoded once and cycled.")] = 64,
@@ -59,8 +75,13 @@ def inference_command(
     concurrency: Annotated[str, typer.Option(help="Concurrent callers per path, comma-separated.")] = "1,4,8",
     max_batch: Annotated[int, typer.Option(min=1, help="Pantau client's batch limit.")] = 8,
     wire_frames: Annotated[int, typer.Option(min=1, help="Frames sent to count bytes on the wire.")] = 16,
-    instances: Annotated[int, typer.Option(min=1, help="Triton model instances (as `model build`).")] = 1,
-    threads: Annotated[int, typer.Option(min=0, help="onnxruntime threads per instance; 0 = all cores.")] = 0,
+    instances: Annotated[
+        int | None, typer.Option(min=1, help="Triton model instances; default: `model build`'s.")
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(min=0, help="onnxruntime threads per instance (0 = all cores); default: its."),
+    ] = None,
     state_dir: StateDirOption = None,
     model: ModelOption = None,
     footage: FootageOption = None,
@@ -69,7 +90,6 @@ def inference_command(
     """Frames/s and latency of in-process onnxruntime, Pantau's client via Triton gRPC and a naive
     HTTP client over a concurrency sweep, bytes on the wire per frame, and the goals' ratios."""
     # Imported here: `pantau operator` shares this command line and should not load them.
-    from pantau.triton.builder import BuildOptions
     from pantau_dev.bench import inference
 
     config = inference.BenchConfig(
@@ -80,7 +100,7 @@ def inference_command(
         concurrency=_concurrency(concurrency),
         max_batch=max_batch,
         wire_frames=wire_frames,
-        build=BuildOptions(target="cpu", instances=instances, intra_op_threads=threads),
+        build=_cpu_build(instances, threads),
     )
     shared = DevSettings().shared_dir
     model_path = model or shared / "models" / "yolox_nano.onnx"
@@ -141,6 +161,10 @@ def operator_command(
     keep_logs: Annotated[
         Path | None, typer.Option(help="Copy the operator's and the stack's logs into this directory.")
     ] = None,
+    profile: Annotated[
+        Path | None,
+        typer.Option(help="Record the operator with py-spy (on PATH) into this file; its top in the report."),
+    ] = None,
     json_path: JsonOption = None,
 ) -> None:
     """Time until every Camera is assigned and every pool exists, API writes per Camera and the
@@ -156,6 +180,7 @@ def operator_command(
             debounce=debounce,
             settle=settle,
             timeout=timeout,
+            profile=str(profile.resolve()) if profile else None,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
@@ -189,6 +214,16 @@ def ingest_command(
         str, typer.Option(help="CAMERASxFPS of each latency run, comma-separated; the first is nominal.")
     ] = "8x2,2x1",
     latency_seconds: Annotated[float, typer.Option(min=1.0, help="Measured seconds per latency run.")] = 15.0,
+    max_batch: Annotated[
+        int | None, typer.Option(min=1, help="The latency runs' client batch limit; default: the pods'.")
+    ] = None,
+    instances: Annotated[
+        int | None, typer.Option(min=1, help="Triton model instances; default: `model build`'s.")
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(min=0, help="onnxruntime threads per instance (0 = all cores); default: its."),
+    ] = None,
     state_dir: StateDirOption = None,
     model: ModelOption = None,
     footage: FootageOption = None,
@@ -208,6 +243,8 @@ def ingest_command(
             warmup=warmup,
             latency_loads=ingest.parse_loads(latency),
             latency_seconds=latency_seconds,
+            max_batch=max_batch,
+            build=_cpu_build(instances, threads),
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
@@ -230,3 +267,55 @@ def ingest_command(
         raise typer.Exit(1) from exc
 
     _emit(ingest.render, report, json_path, width=160)
+
+
+@bench_app.command("scale")
+def scale_command(
+    cameras: Annotated[int, typer.Option(min=1, help="Cameras of the Site before the step.")] = 4,
+    step: Annotated[int, typer.Option(min=1, help="Cameras added at once: the load step.")] = 20,
+    fps: Annotated[float, typer.Option(min=0.1, help="Sampled frames per second per camera.")] = 1.0,
+    per_pod: Annotated[int, typer.Option(min=1, help="The Site's podCapacity.cameras.")] = 8,
+    latency_seconds: Annotated[float, typer.Option(min=1.0, help="Latency window after the step.")] = 20.0,
+    noise_minutes: Annotated[float, typer.Option(min=1.0, help="Simulated minutes of noisy load.")] = 30.0,
+    noise: Annotated[float, typer.Option(min=0.0, max=0.9, help="Load noise, +/- this fraction.")] = 0.15,
+    timeout: Annotated[float, typer.Option(min=10.0, help="Longest wait for a phase, seconds.")] = 240.0,
+    footage: FootageOption = None,
+    json_path: JsonOption = None,
+) -> None:
+    """Step response, moves, flaps and latency of Pantau's pool scaling against a naive policy, on a
+    throwaway local stack with its node (Pantau installed with its chart)."""
+    from pantau_dev.bench import scale
+    from pantau_dev.demo.run import load_detector
+
+    config = scale.ScaleConfig(
+        cameras=cameras,
+        step=step,
+        fps=fps,
+        per_pod=per_pod,
+        latency_seconds=latency_seconds,
+        noise_minutes=noise_minutes,
+        noise=noise,
+        timeout=timeout,
+    )
+    footage_path = footage or DevSettings().shared_dir / "footage" / "vtest.avi"
+    if not footage_path.is_file():
+        raise typer.BadParameter(f"{footage_path} is not a file", param_hint="--footage")
+
+    def progress(message: str) -> None:
+        console.print(f"[dim]{message}[/dim]")
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="pantau-bench-scale-") as tmp:
+            stack = DevStack(DevSettings(state_dir=Path(tmp) / "stack"))
+            try:
+                with console.status("starting the local stack (control plane, node, Triton) ..."):
+                    stack.up()
+                load_detector(stack)
+                with scale.scale_stack(stack, Path(tmp), footage_path, progress) as cluster:
+                    report = scale.run(cluster, config)
+            finally:
+                stack.down()
+    except StackError as exc:
+        console.print(f"[red]stack failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    _emit(scale.render, report, json_path, width=140)

@@ -61,6 +61,7 @@ from rich.table import Table
 from pantau.builders import names
 from pantau.contract import LABEL_SHARD
 from pantau.models import GROUP, VERSION
+from pantau_dev.bench import profile
 from pantau_dev.bench.machine import cores, cpu_model, fmt
 from pantau_dev.net import free_port
 from pantau_dev.procs import ProcessRecord, ProcessTable, StackError, wait_for
@@ -106,6 +107,7 @@ class ScaleConfig:
     pool_max_pods: int = 16  # spec.ingest.maxPods of each Site
     pod_cameras: int = 64  # spec.ingest.podCapacity.cameras (500 Cameras -> 8 pods per Site)
     pod_fps: int = 400  # spec.ingest.podCapacity.fps
+    profile: str | None = None  # write py-spy's collapsed stacks of the operator here (needs py-spy)
 
     def __post_init__(self) -> None:
         if self.cameras < 1 or self.sites < 1 or self.concurrency < 1 or self.secrets < 1:
@@ -182,6 +184,8 @@ class Report:
     other_cpu_s: float  # of which not the stack's, the operator's or the benchmark's: noise
     steal_s: float  # CPU seconds the hypervisor took from this machine
     wall_s: float  # length of the measured run (first create -> end of counting)
+    steady_writes: dict[str, int] | None  # operator writes in `settle` s after the quiet; None: not converged
+    profile: dict[str, list[tuple[str, float]]]  # "self"/"cumulative" -> (function, % of samples)
     log: dict[str, Any]  # what the operator's log says: warnings, errors, first passes
     timeline: list[dict[str, float]]  # t, created, assigned, changes: once a second
     goals: list[Goal]
@@ -444,6 +448,13 @@ def operator_requests(
     return total, failed, server_ms
 
 
+def steady_state_writes(http: httpx.Client, before: ApiCounters, seconds: float) -> dict[str, int]:
+    """The operator's write requests in `seconds` more after the run, by kind: at steady state there
+    are none (resync passes find nothing to change)."""
+    time.sleep(seconds)
+    return dict(operator_requests(before, api_counters(http))[0].most_common())
+
+
 def machine_cpu() -> tuple[float, float]:
     """CPU seconds the whole machine was busy so far, and those the hypervisor gave to others."""
     t = psutil.cpu_times()
@@ -575,6 +586,8 @@ class OperatorProcess:
         if config.debounce is not None:
             self.env["PANTAU_DEBOUNCE"] = str(config.debounce)
         self.record: ProcessRecord | None = None
+        self.profile_path = Path(config.profile) if config.profile else None
+        self.profiler: profile.Profiler | None = None
         self.peak_rss = 0
         self.last_rss = 0
         self._stop = threading.Event()
@@ -589,6 +602,15 @@ class OperatorProcess:
         self.record = self.table.spawn("operator", [pantau, "operator"], env=self.env)
         self._sampler.start()
         wait_for(self._healthy, timeout=60, what="operator /healthz", record=self.record)
+        if self.profile_path is not None:
+            self.profiler = profile.Profiler(self.record.pid, self.profile_path)
+
+    def stop_profile(self) -> dict[str, list[tuple[str, float]]]:
+        """Stop recording (if it was) and summarise the profile."""
+        if self.profiler is not None:
+            self.profiler.stop()
+            self.profiler = None
+        return profile.top(self.profile_path) if self.profile_path else {}
 
     def _healthy(self) -> bool:
         try:
@@ -611,6 +633,7 @@ class OperatorProcess:
 
     def stop(self) -> None:
         self._stop.set()
+        self.stop_profile()
         self.table.stop("operator", grace=15)
         if self._sampler.is_alive():
             self._sampler.join(5)
@@ -778,6 +801,8 @@ def run(
         cpu_after = stack_cpu(stack) | {"operator": operator.cpu_seconds()}
         machine_after = machine_cpu()
         after = api_counters(http)
+        steady_writes = steady_state_writes(http, after, settle) if converged_at is not None else None
+        top = operator.stop_profile()
         log = read_log(operator.log)
         event_list = _check(http.get(_path("events", ns)), "listing Events")
     finally:
@@ -810,7 +835,7 @@ def run(
         date=datetime.now(UTC).isoformat(timespec="seconds"),
         machine=f"{cpu_model()}, {cores()} cores, {platform.system()} {platform.release()}",
         cores=cores(),
-        config=asdict(config),
+        config=asdict(config) | {"settle_s": config.settle_seconds},
         operator_env={
             k: v for k, v in sorted(operator.env.items()) if k.startswith("PANTAU_") and "LIVENESS" not in k
         },
@@ -847,6 +872,8 @@ def run(
         other_cpu_s=round(max(0.0, machine_after[0] - machine_before[0] - sum(cpu_s.values())), 1),
         steal_s=round(machine_after[1] - machine_before[1], 1),
         wall_s=end - first,
+        steady_writes=steady_writes,
+        profile=top,
         log=log,
         timeline=timeline.points,
         goals=[],
@@ -966,6 +993,13 @@ def _rows(report: Report) -> Iterator[tuple[str, str]]:
             f" + {r.site_writes:,} + {r.pool_writes:,} + {r.event_writes:,})"
         ),
     )
+    steady = r.steady_writes
+    yield (
+        "writes at steady state",
+        "-"
+        if steady is None
+        else f"{sum(steady.values()):,} in {r.config['settle_s']} s more {steady or ''}",
+    )
     yield (
         "operator peak RSS (MB)",
         (
@@ -1016,6 +1050,7 @@ def render(report: Report, console: Console) -> None:
         cpu.add_column(name, justify="right")
     cpu.add_row(*(fmt(v) for v in report.cpu_s.values()))
     console.print(cpu)
+    _render_profile(report, console)
 
     summary = Table(title="Goals")
     for column in ("goal", "target", "reached", "", "detail"):
@@ -1024,3 +1059,17 @@ def render(report: Report, console: Console) -> None:
         mark = "[green]met[/green]" if g.met else "[red]not met[/red]"
         summary.add_row(g.name, g.target, fmt(g.value, 2), mark, g.detail)
     console.print(summary)
+
+
+def _render_profile(report: Report, console: Console) -> None:
+    if not report.profile.get("self"):
+        return
+    table = Table(title=f"Operator profile (py-spy, {report.config['profile']}): % of samples")
+    table.add_column("self")
+    table.add_column("%", justify="right")
+    table.add_column("cumulative")
+    table.add_column("%", justify="right")
+    rows = zip(report.profile["self"], report.profile["cumulative"], strict=False)
+    for (own, own_pct), (cum, cum_pct) in rows:
+        table.add_row(own, fmt(own_pct), cum, fmt(cum_pct))
+    console.print(table)

@@ -20,7 +20,8 @@ stabilisation, no rate limits, a 1 s period, so the pool resizes on every sample
 4. **Other Site.** A Site in zone `seluma` (kwok) holds steady: its replicas before and after.
 
 **Noise, in accelerated time.** `flaps` is the number of reversals within the scale-down window over
-`--noise-minutes` of load with +/-`--noise` uniform noise around the level the stack measured, the same
+`--noise-minutes` of load with +/-`--noise` uniform noise around the load at which the pool the step
+settled on runs exactly at its target (a replica boundary inside the noise: the worst case), the same
 `scaling.decide` the operator runs, called every 15 s of simulated time (a 30-minute run takes a moment).
 The naive policy (`scaling.naive`) gets the same series. The stack's own measurements are too few and too
 slow for that (one sample per 15 s, and the real noise is whatever the machine does).
@@ -387,8 +388,10 @@ def run_policy(
         watch.stop()
     after = cluster.replicas(name)[0]
     cores = scaling_status.get("cpuCores")
+    # The noise is centred where the pool the step settled on runs exactly at its target: a replica
+    # boundary inside the noise, the worst case for flapping.
     request = 0.25
-    level = float(cores) if cores else after * request * 0.7
+    level = after * request * 0.7
     return PolicyResult(
         step_ready_s=round(step_ready, 1),
         pods_before=before,

@@ -133,7 +133,8 @@ async def site_changed(namespace: str | None, name: str, type: str, memo: Any, *
     ns = namespace or ""
     state.mark(ns, name)
     if type == "DELETED":  # its Cameras stay: each is told its Site is gone, not left Ready
-        for camera in kwargs["camera_index"].get((ns, name), []):
+        # A copy: the index changes while this handler awaits its writes.
+        for camera in list(kwargs["camera_index"].get((ns, name), [])):
             await _tell_orphan(state, camera, name, site_exists=False, deleted=False)
 
 

@@ -305,6 +305,7 @@ def test_operator_driven_triton_scaling_renders_settings_and_a_narrow_role(offli
     assert env["PANTAU_TRITON_DEPLOYMENT"] == f"pantau-system/{docs['Deployment']['metadata']['name']}"
     assert (env["PANTAU_TRITON_MIN_REPLICAS"], env["PANTAU_TRITON_MAX_REPLICAS"]) == ("2", "5")
     assert (env["PANTAU_TRITON_TARGET"], env["PANTAU_TRITON_SCALE_INTERVAL"]) == ("0.7", "5")
+    assert env["PANTAU_TRITON_INSTANCES"] == "2"  # what the chart's model build gives a replica
     settings = OperatorSettings(
         **{k.removeprefix("PANTAU_").lower(): v for k, v in env.items() if "TRITON" in k}
     )

@@ -38,7 +38,7 @@ class OperatorSettings(BaseSettings):
     resync_interval: float = Field(
         default=5.0, gt=0, description="Seconds between drift-repair passes per Site."
     )
-    debounce: float = Field(default=0.3, ge=0, description="Seconds to gather Camera changes into one pass.")
+    debounce: float = Field(default=1.0, ge=0, description="Seconds to gather Camera changes into one pass.")
     settle_max: float = Field(
         default=20.0, ge=0, description="Longest wait for a Site's Cameras to stop arriving before a pass."
     )

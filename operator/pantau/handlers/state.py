@@ -43,6 +43,11 @@ API_VERSION = f"{GROUP}/{VERSION}"
 # A write is trusted over the (possibly lagging) watch for this long; after that the observed
 # state wins again, so hand-made drift is repaired.
 WRITE_MEMORY_SECONDS = 30.0
+# The pool's objects other than the StatefulSet are not watched, so the operator cannot see them
+# drift: it re-applies them (unchanged) this often instead, which is their drift repair. At 30 s that
+# was a steady 6 no-op writes per Site every 30 s; a deleted StatefulSet is seen by its watch and
+# recreated at the next pass whatever this says.
+CHILD_REFRESH_SECONDS = 300.0
 log = logging.getLogger("pantau.operator")
 
 
@@ -213,12 +218,14 @@ class OperatorState:
 
     # ----- writes, each skipped when nothing would change -----
 
-    def _recently_written(self, key: tuple[str, ...], desired: Any) -> bool:
+    def _recently_written(
+        self, key: tuple[str, ...], desired: Any, memory: float = WRITE_MEMORY_SECONDS
+    ) -> bool:
         seen = self.written.get(key)
         return (
             seen is not None
             and seen[0] == json.dumps(desired, sort_keys=True)
-            and (time.monotonic() - seen[1] < WRITE_MEMORY_SECONDS)
+            and (time.monotonic() - seen[1] < memory)
         )
 
     def _remember(self, key: tuple[str, ...], desired: Any) -> None:
@@ -227,7 +234,7 @@ class OperatorState:
     async def apply_child(self, child: dict[str, Any], present: bool) -> None:
         meta = child["metadata"]
         key = ("child", child["kind"], meta["namespace"], meta["name"])
-        if present and self._recently_written(key, child):
+        if present and self._recently_written(key, child, CHILD_REFRESH_SECONDS):
             return
         await self.api.apply(child)
         self._remember(key, child)

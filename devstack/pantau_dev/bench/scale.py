@@ -361,11 +361,14 @@ def run_policy(
         started = time.monotonic()
         cluster.apply(*cluster.cameras(name, added, config.fps))
 
+        # The capacity the Cameras' declared cost needs after the step (podCapacity.cameras per pod).
+        needed = -(-(len(first) + len(added)) // config.per_pod)
+
         def ready() -> bool:
             wanted, up = cluster.replicas(name)
             live, total = cluster.streaming(name)
             return (
-                wanted > before
+                wanted >= needed
                 and up == wanted
                 and live == total == len(first) + len(added)
                 and cluster.pods_in_zone(name, HOME_ZONE)

@@ -222,4 +222,4 @@ async def site_loop(
             if exc.transient:
                 dirty.set()
                 await asyncio.sleep(1.0)
-    state.forget(namespace, name)
+    state.forget(namespace, name, kwargs.get("uid"))

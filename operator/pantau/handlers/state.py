@@ -169,7 +169,8 @@ class OperatorState:
     dirty: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     written: dict[tuple[str, ...], tuple[str, float]] = field(default_factory=dict)
     secrets: SecretCache = field(init=False)
-    scalers: dict[tuple[str, str], Memory] = field(default_factory=dict)  # Site -> its pool's scaler
+    # Site uid -> its pool's scaler (by uid: a Site deleted and created again starts afresh)
+    scalers: dict[str, Memory] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.secrets = SecretCache(self.api, self.settings.secret_refresh)
@@ -212,9 +213,10 @@ class OperatorState:
             if ns == namespace and names.label_value(name) == value:
                 flag.set()
 
-    def forget(self, namespace: str, name: str) -> None:
+    def forget(self, namespace: str, name: str, uid: str | None = None) -> None:
         self.dirty.pop((namespace, name), None)
-        self.scalers.pop((namespace, name), None)
+        if uid is not None:
+            self.scalers.pop(uid, None)
 
     # ----- writes, each skipped when nothing would change -----
 
@@ -337,8 +339,10 @@ async def reconcile_site(state: OperatorState, namespace: str, name: str, indexe
     pulled = await state.pull_reports(pods_to_poll(observed, state.settings.may_poll))
     reports = camera_reports(pulled, observed)
     cores = sum(r.cpu_cores for r in pulled.values()) if pulled else None
-    memory = state.scalers.get((namespace, name))
-    plan = plan_site(observed, state.settings.pool(), datetime.now(UTC), reports, cores, memory)
+    uid = observed.site.uid
+    plan = plan_site(
+        observed, state.settings.pool(), datetime.now(UTC), reports, cores, state.scalers.get(uid)
+    )
     await state.apply_site_plan(observed, plan)
     if plan.memory is not None:  # kept once written: a failed pass decides again from the last one
-        state.scalers[(namespace, name)] = plan.memory
+        state.scalers[uid] = plan.memory

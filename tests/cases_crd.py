@@ -50,7 +50,66 @@ class BadCase:
         return names[-1]
 
 
+ZONE = {"name": "kiosk", "points": [[0.1, 0.1], [0.4, 0.1], [0.4, 0.4]]}
+LINE = {"name": "gate", "start": [0.1, 0.5], "end": [0.9, 0.5]}
+
 CASES: Final[tuple[BadCase, ...]] = (
+    BadCase(
+        "zone-two-points",
+        MJPEG_CAMERA,
+        {"spec.zones[0].points": [[0.1, 0.1], [0.9, 0.9]]},
+        path="spec.zones[0].points",
+        hint="needs at least 3 points",
+    ),
+    BadCase(
+        "zone-point-outside-frame",
+        MJPEG_CAMERA,
+        {"spec.zones[0].points[1]": [1.5, 0.4]},
+        path="spec.zones[0].points[1]",
+        hint="divide pixel positions by the frame width and height",
+    ),
+    BadCase(
+        "zone-point-negative",
+        MJPEG_CAMERA,
+        {"spec.zones[0].points[2]": [0.7, -0.1]},
+        path="spec.zones[0].points[2]",
+        hint="must be between 0 and 1",
+    ),
+    BadCase(
+        "line-point-outside-frame",
+        RTSP_CAMERA,
+        {"spec.lines[0].end": [640, 480]},
+        path="spec.lines[0].end",
+        hint="divide pixel positions by the frame width and height",
+    ),
+    BadCase(
+        "line-zero-length",
+        RTSP_CAMERA,
+        {"spec.lines[0].end": [0.05, 0.55]},
+        path="spec.lines[0].end",
+        hint="move spec.lines[].end away from start",
+    ),
+    BadCase(
+        "duplicate-zone-names",
+        MJPEG_CAMERA,
+        {"spec.zones": [ZONE, {**ZONE, "points": [[0.5, 0.5], [0.9, 0.5], [0.9, 0.9]]}]},
+        path="spec.zones",
+        hint="rename or remove the duplicate entry in spec.zones",
+    ),
+    BadCase(
+        "duplicate-line-names",
+        RTSP_CAMERA,
+        {"spec.lines": [LINE, {**LINE, "start": [0.5, 0.1]}]},
+        path="spec.lines",
+        hint="rename or remove the duplicate entry in spec.lines",
+    ),
+    BadCase(
+        "zone-loiter-below-a-second",
+        MJPEG_CAMERA,
+        {"spec.zones[0].loiterSeconds": 0.5},
+        path="spec.zones[0].loiterSeconds",
+        hint="greater than or equal to 1",
+    ),
     BadCase(
         "missing-site-ref",
         RTSP_CAMERA,
@@ -242,6 +301,31 @@ CASES: Final[tuple[BadCase, ...]] = (
     ),
 )
 
+# Refused by the models, so by the operator's webhook that parses with them: geometry CEL cannot check.
+MODEL_ONLY_CASES: Final[tuple[BadCase, ...]] = (
+    BadCase(
+        "zone-edges-cross",
+        MJPEG_CAMERA,
+        {"spec.zones[0].points": [[0.1, 0.1], [0.9, 0.9], [0.9, 0.1], [0.1, 0.9]]},
+        path="spec.zones[0]",
+        hint="list the points in order around the area",
+    ),
+    BadCase(
+        "zone-sliver",
+        MJPEG_CAMERA,
+        {"spec.zones[0].points": [[0.1, 0.1], [0.9, 0.1], [0.5, 0.1001]]},
+        path="spec.zones[0]",
+        hint="spread its points",
+    ),
+    BadCase(
+        "line-too-short",
+        RTSP_CAMERA,
+        {"spec.lines[0].end": [0.052, 0.552]},
+        path="spec.lines[0]",
+        hint="objects would flip sides on jitter",
+    ),
+)
+
 # Refused by the operator's validating webhook (pantau.reconcile.admission): what the CRDs' rules
 # cannot decide. The Cameras' Site is the SITE sample, which allows no extra network; the operator
 # allows file:// sources under ALLOWED_FILE_DIR only.
@@ -318,6 +402,20 @@ ADMISSION_CASES: Final[tuple[BadCase, ...]] = (
         hint="does not know 'unicorn'",
     ),
     BadCase(
+        "zone-unknown-class",
+        MJPEG_CAMERA,
+        {"spec.zones[0].classes": ["person", "becak"]},
+        path="spec.zones[0].classes",
+        hint="does not know 'becak'",
+    ),
+    BadCase(
+        "line-unknown-class",
+        RTSP_CAMERA,
+        {"spec.lines[0].classes": ["bajaj"]},
+        path="spec.lines[0].classes",
+        hint="does not know 'bajaj'",
+    ),
+    BadCase(
         "site-unknown-default-class",
         SITE,
         {"spec.cameraDefaults.classes": ["person", "sepeda"]},
@@ -349,13 +447,11 @@ SERVER_ONLY_CASES: Final[tuple[BadCase, ...]] = (
         path="spec.sampling.fsp",
         hint="unknown field",
     ),
-    # Zones and lines are not part of v1alpha1 until the analytics use them (they did nothing, so they
-    # left the API); a Camera that names them is refused rather than silently ignored.
     BadCase(
-        "zones-not-in-this-api",
-        RTSP_CAMERA,
-        {"spec.zones": [{"name": "pintu", "polygon": [[0.1, 0.1], [0.5, 0.1], [0.5, 0.5]]}]},
-        path="spec.zones",
+        "zone-unknown-field",
+        MJPEG_CAMERA,
+        {"spec.zones[0].polygon": [[0.1, 0.1], [0.5, 0.1], [0.5, 0.5]]},
+        path="spec.zones[0].polygon",
         hint="unknown field",
     ),
 )

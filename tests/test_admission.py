@@ -20,6 +20,7 @@ from tests.cases_crd import (
     ALLOWED_FILE_DIR,
     CASES,
     LEAKED_PASSWORD,
+    MODEL_ONLY_CASES,
     RTSP_CAMERA,
     SERVER_ONLY_CASES,
     SITE,
@@ -29,7 +30,7 @@ from tests.cases_crd import (
 )
 
 pytestmark = pytest.mark.integration
-EVERY_CASE = (*CASES, *ADMISSION_CASES, *SERVER_ONLY_CASES)
+EVERY_CASE = (*CASES, *MODEL_ONLY_CASES, *ADMISSION_CASES, *SERVER_ONLY_CASES)
 
 
 @pytest.fixture(scope="module")

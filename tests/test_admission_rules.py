@@ -79,5 +79,12 @@ def test_files_under_the_allowed_directory_pass_and_no_directory_refuses_every_f
 def test_known_classes_pass_and_a_custom_model_changes_what_is_known() -> None:
     assert problems_of(camera("rtsp://10.0.0.1/x", classes=["person", "traffic light"])) == []
     custom = AdmissionPolicy(frozenset({"helmet", "person"}))
-    spec = CameraSpec.model_validate(camera("rtsp://10.0.0.1/x", classes=["helmet"])["spec"])
+    helmets = camera("rtsp://10.0.0.1/x", classes=["helmet"])
+    spec = CameraSpec.model_validate(helmets["spec"])
+    # The sample's line counts vehicles, which this model does not know.
+    (refused,) = camera_problems(spec, SITE_SPEC, custom)
+    assert refused.startswith("spec.lines[0].classes: the detector does not know 'bus'")
+    helmets["spec"]["lines"][0]["classes"] = ["helmet"]
+    helmets["spec"]["zones"][0]["classes"] = ["helmet", "person"]
+    spec = CameraSpec.model_validate(helmets["spec"])
     assert camera_problems(spec, SITE_SPEC, custom) == []

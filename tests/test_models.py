@@ -24,7 +24,7 @@ from pantau.models import (
     set_condition,
 )
 from pantau.redact import SECRET_QUERY_PATTERN
-from tests.cases_crd import CASES, LEAKED_PASSWORD, SAMPLES, BadCase, build
+from tests.cases_crd import CASES, LEAKED_PASSWORD, MODEL_ONLY_CASES, SAMPLES, BadCase, build
 
 CRDS = Path(__file__).resolve().parents[1] / "crds"
 SPEC_MODELS: dict[str, type[BaseModel]] = {"Site": SiteSpec, "Camera": CameraSpec}
@@ -97,7 +97,7 @@ def test_models_are_frozen_and_strict() -> None:
         SiteSpec.model_validate({"displayName": "Pasar", "region": "Kota Bengkulu", "regoin": "x"})
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("case", [*CASES, *MODEL_ONLY_CASES], ids=lambda c: c.id)
 def test_invalid_object_is_rejected_by_the_models(case: BadCase) -> None:
     obj = build(case)
     with pytest.raises(ValidationError) as info:

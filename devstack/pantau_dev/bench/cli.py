@@ -273,7 +273,7 @@ def ingest_command(
 def scale_command(
     cameras: Annotated[int, typer.Option(min=1, help="Cameras of the Site before the step.")] = 4,
     step: Annotated[int, typer.Option(min=1, help="Cameras added at once: the load step.")] = 20,
-    fps: Annotated[float, typer.Option(min=0.1, help="Sampled frames per second per camera.")] = 1.0,
+    fps: Annotated[float, typer.Option(min=0.1, help="Sampled frames per second per camera.")] = 0.5,
     per_pod: Annotated[int, typer.Option(min=1, help="The Site's podCapacity.cameras.")] = 8,
     latency_seconds: Annotated[float, typer.Option(min=1.0, help="Latency window after the step.")] = 20.0,
     noise_minutes: Annotated[float, typer.Option(min=1.0, help="Simulated minutes of noisy load.")] = 30.0,

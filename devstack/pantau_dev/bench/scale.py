@@ -50,7 +50,7 @@ from pantau.reconcile.scaling import Behavior, Sample, ScalerState, ScalingRule,
 from pantau_dev.cameras import RtspCameraServer, RtspMount
 from pantau_dev.chart import Release, Tools, local_values
 from pantau_dev.net import free_port
-from pantau_dev.procs import ProcessTable, wait_for
+from pantau_dev.procs import ProcessTable, StackError, wait_for
 from pantau_dev.stack import KWOK_TAINT, DevStack
 
 NAMESPACE: Final = "pantau-scale"
@@ -69,7 +69,7 @@ DOWN_WINDOW_S: Final = 300.0  # Pantau's default scale-down window: what a flap 
 class ScaleConfig:
     cameras: int = 4
     step: int = 20
-    fps: float = 1.0
+    fps: float = 0.5  # a sample per keyframe interval: the cameras decode keyframes only
     per_pod: int = 8
     latency_seconds: float = 20.0
     noise_minutes: float = 30.0
@@ -374,9 +374,20 @@ def run_policy(
                 and cluster.pods_in_zone(name, HOME_ZONE)
             )
 
-        wait_for(
-            ready, timeout=config.timeout, what="new capacity ready and every camera streaming", interval=0.5
-        )
+        try:
+            wait_for(
+                ready,
+                timeout=config.timeout,
+                what="new capacity ready and every camera streaming",
+                interval=0.5,
+            )
+        except StackError:
+            live, total = cluster.streaming(name)
+            progress(
+                f"{name}: pods (wanted, ready) {cluster.replicas(name)}, {live}/{total} live, need {needed}"
+            )
+            progress(json.dumps(cluster.get("site", name).get("status", {}), indent=1)[-3000:])
+            raise
         step_ready = time.monotonic() - started
         assert cluster.events is not None
         cluster.events.delays.clear()

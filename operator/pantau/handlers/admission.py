@@ -37,7 +37,7 @@ def _parsed(model: type[M], spec: Any) -> M:
         return model.model_validate(dict(spec or {}))
     except ValidationError as exc:
         first = exc.errors(include_input=False, include_url=False)[0]
-        where = ".".join(["spec", *(str(p) for p in first["loc"])])
+        where = "spec" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
         raise kopf.AdmissionError(f"{where}: {first['msg']}", code=422) from None
 
 

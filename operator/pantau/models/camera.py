@@ -5,8 +5,9 @@ would (objects written before a rule existed, or tests that bypass the server)."
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Annotated, Final, Literal
 
@@ -21,10 +22,16 @@ from pantau.models.limits import (
     DNS_SUBDOMAIN_PATTERN,
     MAX_CLASSES,
     MAX_FPS,
+    MAX_LINES,
+    MAX_LOITER_SECONDS,
     MAX_RESOLUTION,
     MAX_SESSIONS,
     MAX_URL,
+    MAX_ZONE_POINTS,
+    MAX_ZONES,
+    MIN_LINE_LENGTH,
     MIN_RESOLUTION,
+    MIN_ZONE_AREA,
     SCHEMES,
 )
 from pantau.redact import has_secret_query
@@ -172,6 +179,100 @@ class Detection(ApiModel):
     min_score: Score | None = None
 
 
+def _check_point(value: tuple[float, float]) -> tuple[float, float]:
+    if not all(0 <= c <= 1 for c in value):
+        raise ValueError(
+            "coordinates are normalised and must be between 0 and 1: "
+            "divide pixel positions by the frame width and height"
+        )
+    return value
+
+
+# [x, y]: x from 0 (left) to 1 (right), y from 0 (top) to 1 (bottom).
+Point = Annotated[tuple[float, float], AfterValidator(_check_point)]
+
+
+def _area(points: Sequence[tuple[float, float]]) -> float:
+    """The polygon's area (shoelace), as a share of the picture."""
+    pairs = zip(points, (*points[1:], points[0]), strict=True)
+    return abs(sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in pairs)) / 2
+
+
+def _cross(o: tuple[float, float], a: tuple[float, float], b: tuple[float, float]) -> float:
+    return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+
+def _segments_cross(p: tuple[float, float], q: tuple[float, float], r: tuple[float, float],
+                    s: tuple[float, float]) -> bool:  # fmt: skip
+    """Whether segments pq and rs properly cross (touching ends do not count)."""
+    d1, d2 = _cross(r, s, p), _cross(r, s, q)
+    d3, d4 = _cross(p, q, r), _cross(p, q, s)
+    return d1 * d2 < 0 and d3 * d4 < 0
+
+
+def _self_crossing(points: Sequence[tuple[float, float]]) -> tuple[int, int] | None:
+    """The first pair of non-adjacent edges that cross, by the index of their first point."""
+    n = len(points)
+    edges = [(points[i], points[(i + 1) % n]) for i in range(n)]
+    for i in range(n):
+        for j in range(i + 2, n):
+            if i == 0 and j == n - 1:
+                continue  # adjacent through the closing edge
+            if _segments_cross(*edges[i], *edges[j]):
+                return i, j
+    return None
+
+
+class Zone(ApiModel):
+    """A named polygon; objects whose box's bottom centre is inside it are in the zone."""
+
+    name: DnsLabel
+    points: Annotated[tuple[Point, ...], Field(max_length=MAX_ZONE_POINTS)]
+    classes: ClassNames | None = None
+    loiter_seconds: Annotated[float, Field(ge=1, le=MAX_LOITER_SECONDS)] | None = None
+
+    @model_validator(mode="after")
+    def _check_polygon(self) -> Zone:
+        if len(self.points) < 3:
+            raise ValueError(
+                "a zone is a polygon and needs at least 3 points: add points, "
+                "or use spec.lines for a two-point segment"
+            )
+        crossing = _self_crossing(self.points)
+        if crossing is not None:
+            raise ValueError(
+                f"the zone's edges {crossing[0]} and {crossing[1]} cross each other: list the points "
+                "in order around the area (clockwise or anticlockwise)"
+            )
+        if _area(self.points) < MIN_ZONE_AREA:
+            raise ValueError(
+                f"the zone covers less than {MIN_ZONE_AREA:g} of the picture: spread its points so "
+                "that it holds the objects' feet"
+            )
+        return self
+
+
+class Line(ApiModel):
+    """A segment from start (A) to end (B). Crossing it is `forward` when the bottom centre P of an
+    object's box moves from where cross(B - A, P - A) < 0 to where it is > 0 (y down), else `backward`."""
+
+    name: DnsLabel
+    start: Point
+    end: Point
+    classes: ClassNames | None = None
+
+    @model_validator(mode="after")
+    def _check_length(self) -> Line:
+        if self.start == self.end:
+            raise ValueError("a line needs two different points: move spec.lines[].end away from start")
+        if math.dist(self.start, self.end) < MIN_LINE_LENGTH:
+            raise ValueError(
+                f"the line is shorter than {MIN_LINE_LENGTH:g} of the picture: objects would flip sides "
+                "on jitter; move spec.lines[].end away from start"
+            )
+        return self
+
+
 class CameraSpec(ApiModel):
     site_ref: SiteRef
     paused: bool = False
@@ -179,6 +280,17 @@ class CameraSpec(ApiModel):
     source: Source
     sampling: Sampling | None = None
     detection: Detection | None = None
+    zones: Annotated[tuple[Zone, ...], Field(max_length=MAX_ZONES)] = ()
+    lines: Annotated[tuple[Line, ...], Field(max_length=MAX_LINES)] = ()
+
+    @model_validator(mode="after")
+    def _check_names(self) -> CameraSpec:
+        for items, what in ((self.zones, "zone"), (self.lines, "line")):
+            if has_duplicates(item.name for item in items):
+                raise ValueError(
+                    f"{what} names must be unique: rename or remove the duplicate entry in spec.{what}s"
+                )
+        return self
 
 
 class CameraStatus(ApiModel):

@@ -15,6 +15,14 @@ MAX_SESSIONS: Final = 16  # connections one camera accepts at once
 MIN_RESOLUTION: Final = 16
 MAX_RESOLUTION: Final = 8192
 MAX_CLASSES: Final = 80  # the detector's label set (COCO)
+MAX_ZONES: Final = 16
+MAX_LINES: Final = 16
+MAX_ZONE_POINTS: Final = 32
+MAX_LOITER_SECONDS: Final = 86400
+# Smallest zone area (a share of the picture) and line length (normalised) that analytics can use: a
+# sliver or a dot would never hold a box's reference point, or flip sides on every pixel of jitter.
+MIN_ZONE_AREA: Final = 0.0001
+MIN_LINE_LENGTH: Final = 0.01
 MAX_EVENT_SINKS: Final = 8
 MAX_URL: Final = 2048
 MAX_ALLOWED_NETWORKS: Final = 16

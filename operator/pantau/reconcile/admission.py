@@ -139,6 +139,14 @@ def camera_problems(spec: CameraSpec, site: SiteSpec | None, policy: AdmissionPo
         classes_problem(spec.detection.classes if spec.detection else None, policy.model_classes,
                         "spec.detection.classes"),
     ]  # fmt: skip
+    found += [
+        classes_problem(zone.classes, policy.model_classes, f"spec.zones[{i}].classes")
+        for i, zone in enumerate(spec.zones)
+    ]
+    found += [
+        classes_problem(line.classes, policy.model_classes, f"spec.lines[{i}].classes")
+        for i, line in enumerate(spec.lines)
+    ]
     return [p for p in found if p is not None]
 
 

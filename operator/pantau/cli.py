@@ -14,6 +14,7 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from pantau.analytics.cli import analyse
 from pantau.handlers.cli import operator
 from pantau.ingest.cli import ingest
 from pantau.triton.cli import detect, model_app
@@ -66,6 +67,7 @@ app.add_typer(model_app, name="model")
 app.command()(detect)
 app.command()(operator)
 app.command()(ingest)
+app.command()(analyse)
 
 
 if __name__ == "__main__":

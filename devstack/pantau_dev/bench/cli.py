@@ -319,3 +319,48 @@ def scale_command(
         console.print(f"[red]stack failed:[/red] {exc}")
         raise typer.Exit(1) from exc
     _emit(scale.render, report, json_path, width=140)
+
+
+@bench_app.command("analytics")
+def analytics_command(
+    rates: Annotated[
+        str, typer.Option(help="Sampled rates (fps, comma-separated); 10 = full rate.")
+    ] = "10,5,2",
+    ground_truth: Annotated[
+        Path | None, typer.Option(help="MOTChallenge ground truth; default: the shared PETS09-S2L1-gt.txt.")
+    ] = None,
+    detections: Annotated[
+        Path | None,
+        typer.Option(help="Detections cache (JSON): read when it exists, else written after detecting."),
+    ] = None,
+    model: ModelOption = None,
+    footage: FootageOption = None,
+    json_path: JsonOption = None,
+) -> None:
+    """Tracking accuracy (MOTA, IDF1, ID switches), line-count error and CPU of Pantau's analytics
+    against a naive IoU tracker, on the same in-process detections, at full and sampled rates."""
+    from pantau_dev.bench import analytics
+
+    shared = DevSettings().shared_dir
+    model_path = model or shared / "models" / "yolox_nano.onnx"
+    footage_path = footage or shared / "footage" / "vtest.avi"
+    gt_path = ground_truth or shared / "footage" / "PETS09-S2L1-gt.txt"
+    for path, option in ((model_path, "--model"), (footage_path, "--footage"), (gt_path, "--ground-truth")):
+        if not path.is_file():
+            raise typer.BadParameter(f"{path} is not a file", param_hint=option)
+    try:
+        fps = [float(v) for v in rates.split(",") if v.strip()]
+    except ValueError as exc:
+        raise typer.BadParameter(
+            "a comma-separated list of numbers, e.g. 10,5", param_hint="--rates"
+        ) from exc
+    if detections is not None and detections.is_file():
+        found = analytics.Detections.load(detections)
+    else:
+        with console.status(f"detecting every frame of {footage_path.name} ..."):
+            found = analytics.detect_video(footage_path, model_path)
+        if detections is not None:
+            found.save(detections)
+    truth = analytics.GroundTruth.load(gt_path)
+    report = analytics.evaluate(found, truth, fps, str(footage_path), str(gt_path))
+    _emit(analytics.render, report, json_path, width=220)

@@ -30,7 +30,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Metric, generate_la
 from prometheus_client.parser import text_string_to_metric_families
 
 from pantau import telemetry
-from pantau.contract import CameraStatusReport, LatencySummary, PodStatusReport, TritonReport
+from pantau.contract import (
+    AnalyticsReport,
+    CameraStatusReport,
+    LatencySummary,
+    LineCounts,
+    PodStatusReport,
+    TritonReport,
+    ZoneCounts,
+)
 from pantau.ingest.events import (
     DROP_BUFFER_FULL,
     DROP_CLOSED,
@@ -662,6 +670,20 @@ def pod_report() -> PodStatusReport:
         cpu_cores=0.125,
         cpu_seconds=90.5,
         decode_lag_ms=42.0,
+        analytics=AnalyticsReport(
+            tracks=3,
+            lines={
+                "gate": LineCounts(forward=2, backward=1, classes={"person": {"forward": 2, "backward": 1}})
+            },
+            zones={
+                "kiosk": ZoneCounts(
+                    entered=4,
+                    exited=3,
+                    occupancy=1,
+                    classes={"person": {"entered": 4, "exited": 3, "loitering": 0, "occupancy": 1}},
+                )
+            },
+        ),
         inference_latency_ms=LatencySummary(p50=12.5, p99=40.0, count=1200, sum_ms=16000.0),
         detections={"person": 310, "car": 42},
     )
@@ -769,9 +791,11 @@ def test_metrics_families_types_and_labels() -> None:
     families = parse_metrics(render_metrics(pod_report(), latency_histograms()))
     counters = {"frames_processed", "frames_dropped", "detections", "events_published", "events_delivered"}
     counters |= {"events_retries", "events_dropped", "frames_sampled", "camera_cpu_seconds"}
+    counters |= {"line_crossings", "zone_events"}
     gauges = {"camera_streaming", "camera_state", "camera_fps", "camera_last_frame_timestamp_seconds"}
     gauges |= {"triton_reachable", "ingest_cameras", "ingest_start_time_seconds", "events_pending"}
     gauges |= {"camera_cpu_cores", "camera_decode_lag_seconds", "ingest_cpu_cores"}
+    gauges |= {"camera_tracks", "zone_occupancy"}
     expected = {f"pantau_{n}": "counter" for n in counters} | {f"pantau_{n}": "gauge" for n in gauges}
     expected["pantau_inference_latency_seconds"] = "histogram"
     assert {name: f.type for name, f in families.items()} == expected
@@ -807,6 +831,14 @@ def test_metrics_families_types_and_labels() -> None:
     cpu = families["pantau_camera_cpu_seconds"]
     assert value(cpu, "pantau_camera_cpu_seconds_total", camera=CAMERA) == 90.5
     assert value(families["pantau_camera_cpu_cores"], "pantau_camera_cpu_cores", camera=CAMERA) == 0.125
+    crossings = families["pantau_line_crossings"]
+    gate = {"camera": CAMERA, "line": "gate", "class": "person"}
+    assert value(crossings, "pantau_line_crossings_total", direction="forward", **gate) == 2
+    assert value(crossings, "pantau_line_crossings_total", direction="backward", **gate) == 1
+    kiosk = {"camera": CAMERA, "zone": "kiosk", "class": "person"}
+    assert value(families["pantau_zone_events"], "pantau_zone_events_total", event="entered", **kiosk) == 4
+    assert value(families["pantau_zone_occupancy"], "pantau_zone_occupancy", **kiosk) == 1
+    assert value(families["pantau_camera_tracks"], "pantau_camera_tracks", camera=CAMERA) == 3
     lag = families["pantau_camera_decode_lag_seconds"]
     assert [s.labels for s in lag.samples] == [{"camera": CAMERA}]  # the other camera has no sample yet
     assert value(lag, lag.name, camera=CAMERA) == 0.042

@@ -109,6 +109,10 @@ class IngestSettings(BaseSettings):
     # Where webhook sinks keep undelivered events (one SQLite file per sink), on the pod's volume so they
     # outlive a container restart; unset: in memory only.
     spool_dir: str | None = Field(default=None, validation_alias=_env("PANTAU_INGEST_SPOOL_DIR"))
+    # Seconds of the interval whose analytics counts the Camera's status shows (aligned to the clock).
+    analytics_interval: float = Field(
+        default=300.0, gt=0, validation_alias=_env("PANTAU_INGEST_ANALYTICS_INTERVAL")
+    )
     # Seconds between readiness checks of Triton while no inference has told how it is.
     triton_check: float = Field(default=5.0, gt=0, validation_alias=_env("PANTAU_INGEST_TRITON_CHECK"))
     # A frame in processing for longer than this means the pipeline is stuck: /healthz fails, so the
@@ -196,6 +200,43 @@ class LatencySummary(_Report):
     sum_ms: float = Field(default=0.0, ge=0)
 
 
+class LineCounts(_Report):
+    """Crossings of one line: totals by direction, and by class ("person" -> {"forward": n, ...})."""
+
+    forward: Count = 0
+    backward: Count = 0
+    classes: dict[str, dict[str, Count]] = Field(default_factory=dict)
+
+
+class ZoneCounts(_Report):
+    """One zone: entries, exits and loitering so far (or in an interval), occupancy now; by class too."""
+
+    entered: Count = 0
+    exited: Count = 0
+    loitering: Count = 0
+    occupancy: Count = 0
+    classes: dict[str, dict[str, Count]] = Field(default_factory=dict)
+
+
+class AnalyticsCounts(_Report):
+    lines: dict[str, LineCounts] = Field(default_factory=dict)
+    zones: dict[str, ZoneCounts] = Field(default_factory=dict)
+
+
+class AnalyticsInterval(AnalyticsCounts):
+    """The counts of the last completed interval (occupancy at its end)."""
+
+    start: AwareDatetime
+    end: AwareDatetime
+
+
+class AnalyticsReport(AnalyticsCounts):
+    """Tracking and zone/line analytics of one camera: counts since its worker started."""
+
+    tracks: Count = 0  # tracks followed now
+    last_interval: AnalyticsInterval | None = None
+
+
 class CameraStatusReport(_Report):
     """What the pod knows about one of its cameras."""
 
@@ -217,6 +258,7 @@ class CameraStatusReport(_Report):
     decode_lag_ms: float | None = Field(default=None, ge=0)
     inference_latency_ms: LatencySummary | None = None
     detections: dict[str, Count] = Field(default_factory=dict)  # class -> detections since start
+    analytics: AnalyticsReport | None = None
     url: Redacted  # the source URL with userinfo shown as REDACTED:REDACTED@
 
     @property

@@ -51,7 +51,7 @@ from tritonclient import grpc as triton_grpc
 
 from pantau import telemetry
 from pantau.contract import SinkStats
-from pantau.ingest.events import DetectionEvent, EventSink, JsonLinesSink
+from pantau.ingest.events import DetectionEvent, Event, EventSink, JsonLinesSink
 from pantau.ingest.pipeline import CameraWorker, PodContext, _letterboxer
 from pantau.ingest.sources import KEYFRAMES_ONLY_ABOVE, Source, SourceConfig, SourceError, open_source
 from pantau.models.camera import CameraSpec
@@ -537,8 +537,10 @@ class _TimedSink:
     def stats(self) -> SinkStats:
         return self._inner.stats
 
-    async def publish(self, event: DetectionEvent) -> None:
+    async def publish(self, event: Event) -> None:
         await self._inner.publish(event)
+        if not isinstance(event, DetectionEvent):
+            return  # analytics events: the latency is the frame's, timed on its detection event
         self.records.append((time.time(), event.timestamp.timestamp()))
         self.seen.add(event.camera)
         if len(self.seen) >= self._cameras:

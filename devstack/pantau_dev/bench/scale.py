@@ -387,6 +387,12 @@ def run_policy(
                 f"{name}: pods (wanted, ready) {cluster.replicas(name)}, {live}/{total} live, need {needed}"
             )
             progress(json.dumps(cluster.get("site", name).get("status", {}), indent=1)[-3000:])
+            logs = cluster.tools.kubectl(
+                "logs", "-n", cluster.release.namespace, "-l", "app.kubernetes.io/component=operator",
+                "--tail=40", check=False,
+            )  # fmt: skip
+            progress(logs.stdout + logs.stderr)
+            progress(cluster.tools.kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide", check=False).stdout)
             raise
         step_ready = time.monotonic() - started
         assert cluster.events is not None

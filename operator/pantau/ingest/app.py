@@ -14,6 +14,7 @@ import base64
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,12 +32,13 @@ from pantau.contract import (
     SinkStats,
     TritonReport,
 )
+from pantau.ingest.analytics import report as analytics_report
 from pantau.ingest.events import EventSink, JsonLinesSink, MultiSink, WebhookSink
 from pantau.ingest.latency import LatencyHistogram
 from pantau.ingest.load import LoadMeter
 from pantau.ingest.pipeline import CameraStats, CameraWorker, Credentials, PodContext
 from pantau.ingest.server import serve
-from pantau.k8s.api import ApiError, KubeApi
+from pantau.k8s.api import SYNCED, ApiError, KubeApi
 from pantau.models import GROUP, VERSION
 from pantau.models.camera import CameraSpec
 from pantau.models.site import EventSink as SinkSpec
@@ -154,7 +156,7 @@ class IngestApp:
                 and worker.creds == creds
                 and worker.spec.paused == spec.paused
             ):
-                worker.spec = spec  # detection settings: applied to the next frame, no reconnect
+                worker.reconfigure(spec)  # detection settings, zones, lines: no reconnect
                 return
             await self.workers.pop(name).stop()
         worker = CameraWorker(name, obj["metadata"]["uid"], spec, creds, self.ctx)
@@ -217,7 +219,7 @@ class IngestApp:
                 async for kind, obj in self.api.watch(
                     f"{GROUP}/{VERSION}", "Site", self.settings.namespace, field_selector=field
                 ):
-                    if kind != "DELETED":
+                    if kind not in ("DELETED", SYNCED):
                         await self.apply_site(obj)
             except ApiError as exc:
                 log.warning("watching site %s: %s; retrying", self.settings.site, exc)
@@ -238,8 +240,10 @@ class IngestApp:
                 async for kind, obj in self.api.watch(
                     f"{GROUP}/{VERSION}", "Camera", self.settings.namespace, selector
                 ):
+                    # Ready once the listing is in, even with no Camera for this pod (yet).
                     self.watching = True
-                    await self.apply(kind, obj)
+                    if kind != SYNCED:
+                        await self.apply(kind, obj)
             except ApiError as exc:
                 self.watching = False
                 log.warning("watching cameras: %s; retrying", exc)
@@ -284,7 +288,11 @@ class IngestApp:
             await asyncio.sleep(self.settings.triton_check)
 
     def sample_load(self) -> None:
+        """The cameras' CPU sample, and the close of an analytics interval where one ended."""
         self.load.sample({name: w.stats.cpu_seconds for name, w in self.workers.items()})
+        now = time.time()
+        for worker in self.workers.values():
+            worker.intervals.roll(now, worker.analytics.summary())
 
     async def measure_load(self) -> None:
         """Sample the cameras' CPU every LOAD_SAMPLE seconds (what /status reports as their load)."""
@@ -346,6 +354,7 @@ class IngestApp:
                     decode_lag_ms=None if lag is None else round(lag * 1000, 1),
                     frames_dropped=dict(s.dropped),
                     detections=dict(s.detections),
+                    analytics=analytics_report(w.analytics, w.intervals),
                     inference_latency_ms=_latency_summary(s),
                     url=redact_url(w.spec.source.url),
                 )
@@ -387,6 +396,7 @@ async def main(settings: IngestSettings) -> None:
         tracer=provider.get_tracer("pantau.ingest"),
         defaults=settings.camera_defaults,
         queue_size=settings.queue_size,
+        analytics_interval=settings.analytics_interval,
         read_timeout=settings.read_timeout,
         backoff_base=settings.backoff_base,
         backoff_cap=settings.backoff_cap,

@@ -73,10 +73,23 @@ class Detection(BaseModel):
     box: tuple[float, float, float, float]
 
 
-class DetectionEvent(BaseModel):
-    """What happened in one processed frame. On the wire: one JSON object (`to_json`)."""
+class _Wire(BaseModel):
+    """What every event on the wire shares: immutable, strict, `timestamp` in RFC 3339 UTC."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, hide_input_in_errors=True)
+
+    @field_validator("timestamp", check_fields=False)
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return value.astimezone(UTC)
+
+    @field_serializer("timestamp", check_fields=False)
+    def _rfc3339(self, value: datetime) -> str:
+        return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class DetectionEvent(_Wire):
+    """What happened in one processed frame. On the wire: one JSON object (`to_json`)."""
 
     camera: Annotated[str, Field(pattern=CAMERA_PATTERN, max_length=317)]  # "<namespace>/<name>"
     site: Annotated[str, Field(min_length=1, max_length=253)]
@@ -86,15 +99,6 @@ class DetectionEvent(BaseModel):
     detections: tuple[Detection, ...] = ()
     # None only when tracing is switched off in the pod (OTEL_SDK_DISABLED).
     traceparent: Annotated[str, Field(pattern=TRACEPARENT_PATTERN)] | None
-
-    @field_validator("timestamp")
-    @classmethod
-    def _utc(cls, value: datetime) -> datetime:
-        return value.astimezone(UTC)
-
-    @field_serializer("timestamp")
-    def _rfc3339(self, value: datetime) -> str:
-        return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
     @property
     def idempotency_key(self) -> str:
@@ -110,6 +114,36 @@ class DetectionEvent(BaseModel):
         return cls.model_validate_json(line)
 
 
+class TrackEvent(_Wire):
+    """Something a tracked object did (analytics): crossed a line, entered or left a zone, loitered.
+    On the wire one JSON object, like a DetectionEvent, told apart by `type`."""
+
+    type: Literal["line_crossed", "zone_entered", "zone_exited", "loitering"]
+    camera: Annotated[str, Field(pattern=CAMERA_PATTERN, max_length=317)]
+    site: Annotated[str, Field(min_length=1, max_length=253)]
+    pod: Annotated[str, Field(min_length=1, max_length=253)]
+    timestamp: AwareDatetime  # capture time of the frame where it was seen
+    frame_id: Annotated[str, Field(min_length=1, max_length=512)]  # that frame's id
+    track_id: Annotated[int, Field(ge=0)]
+    class_name: str = Field(alias="class", min_length=1, max_length=64)
+    zone: Annotated[str, Field(max_length=63)] | None = None
+    line: Annotated[str, Field(max_length=63)] | None = None
+    direction: Literal["forward", "backward"] | None = None  # line_crossed only
+    dwell_s: Annotated[float, Field(ge=0)] | None = None  # zone_exited and loitering: time in the zone
+    traceparent: Annotated[str, Field(pattern=TRACEPARENT_PATTERN)] | None
+
+    @property
+    def idempotency_key(self) -> str:
+        """Unique per frame, kind, track and zone or line: what receivers de-duplicate on."""
+        return f"{self.frame_id}/{self.type}/{self.track_id}/{self.zone or self.line}"
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True, exclude_none=True)
+
+
+Event = DetectionEvent | TrackEvent
+
+
 # ----- sinks -----
 
 
@@ -123,7 +157,7 @@ class EventSink(Protocol):
     @property
     def stats(self) -> SinkStats: ...
 
-    async def publish(self, event: DetectionEvent) -> None: ...
+    async def publish(self, event: Event) -> None: ...
 
     async def aclose(self, grace: float = 10.0) -> None: ...
 
@@ -195,7 +229,7 @@ class JsonLinesSink(_Closing):
     def stats(self) -> SinkStats:
         return self._counters.snapshot(self._name, pending=0)
 
-    async def publish(self, event: DetectionEvent) -> None:
+    async def publish(self, event: Event) -> None:
         self._counters.published += 1
         if self._closed:
             self._counters.drop(DROP_CLOSED)
@@ -318,7 +352,7 @@ class WebhookSink(_Closing):
     def stats(self) -> SinkStats:
         return self._counters.snapshot(self._name, pending=len(self._queue))
 
-    async def publish(self, event: DetectionEvent) -> None:
+    async def publish(self, event: Event) -> None:
         self._counters.published += 1
         if self._closed:
             self._counters.drop(DROP_CLOSED)
@@ -509,7 +543,7 @@ class MultiSink(_Closing):
     def per_sink(self) -> list[SinkStats]:
         return [sink.stats for sink in self._sinks]
 
-    async def publish(self, event: DetectionEvent) -> None:
+    async def publish(self, event: Event) -> None:
         for sink in self._sinks:
             try:
                 await sink.publish(event)

@@ -19,7 +19,7 @@ import random
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +30,8 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Tracer
 
 from pantau import telemetry
+from pantau.analytics.engine import AnalyticsEvent
+from pantau.ingest.analytics import IntervalCounts, engine_for, rules_of, wire_events
 from pantau.ingest.events import DetectionEvent, EventSink
 from pantau.ingest.latency import LatencyHistogram
 from pantau.ingest.sources import Sample, Source, SourceConfig, SourceError, open_source
@@ -75,6 +77,7 @@ class PodContext:
     backoff_base: float = 1.0
     backoff_cap: float = 30.0
     auth_backoff: float = 60.0
+    analytics_interval: float = 300.0  # seconds of the interval counts the Camera's status shows
 
 
 @dataclass
@@ -138,6 +141,14 @@ class CameraWorker:
         self.stats = CameraStats()
         self._task: asyncio.Task[None] | None = None
         self._session = 0
+        self.analytics = engine_for(spec)
+        self.intervals = IntervalCounts(ctx.analytics_interval)
+
+    def reconfigure(self, spec: CameraSpec) -> None:
+        """A spec whose stream is unchanged: detection settings apply to the next frame, zones and lines
+        to the next sample too, tracks and counts kept."""
+        self.spec = spec
+        self.analytics.configure(*rules_of(spec))
 
     # ----- lifecycle -----
 
@@ -232,6 +243,11 @@ class CameraWorker:
         self.stats.retry_delay = None
         # No session while the model cannot be asked (its input size unknown): InferenceUnavailable.
         await self.ctx.detector.ensure_ready()
+        if self.stats.sessions_opened:
+            # A reconnect: the tracks are gone (ids keep growing); whoever was in a zone has left it.
+            await self._publish_track_events(
+                self.analytics.reset(), f"{self.uid}:{self._session}:reset", None
+            )
         self.stats.sessions_opened += 1
         size = self.ctx.detector.input_size
 
@@ -320,8 +336,11 @@ class CameraWorker:
             with telemetry.stage_span(ctx.tracer, telemetry.SPAN_ANALYSE):
                 kept = [d for d in found if d.class_name in self.classes and d.score >= self.min_score]
                 telemetry.set_detections(root, Counter(d.class_name for d in kept))
+                analysed = self.analytics.update(sample.captured_at, sample.orig_hw, kept)
             with telemetry.stage_span(ctx.tracer, telemetry.SPAN_PUBLISH):
-                await ctx.sink.publish(self._event(sample, frame_id, kept, telemetry.traceparent_of(root)))
+                traceparent = telemetry.traceparent_of(root)
+                await ctx.sink.publish(self._event(sample, frame_id, kept, traceparent))
+                await self._publish_track_events(analysed.events, frame_id, traceparent)
         stats.state, stats.reason, stats.message = "Streaming", None, None
         stats.frames_processed += 1
         stats.processed_at.append(time.monotonic())
@@ -351,6 +370,16 @@ class CameraWorker:
                 return None
         stats.observe_latency(time.monotonic() - started)
         return found
+
+    async def _publish_track_events(
+        self, found: Sequence[AnalyticsEvent], frame_id: str, traceparent: str | None
+    ) -> None:
+        ctx = self.ctx
+        camera = f"{ctx.namespace}/{self.name}"
+        for event in wire_events(
+            found, camera=camera, site=ctx.site, pod=ctx.pod, frame_id=frame_id, traceparent=traceparent
+        ):
+            await ctx.sink.publish(event)
 
     def _event(
         self, sample: Sample, frame_id: str, kept: list[Detection], traceparent: str | None

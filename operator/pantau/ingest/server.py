@@ -71,7 +71,7 @@ def _camera_families(cams: Sequence[CameraStatusReport]) -> list[Metric]:
         "Capture time of the camera's last processed frame, seconds since the epoch.",
         labels=camera,
     )
-    load = _load_families(cams)
+    load = _load_families(cams) + _analytics_families(cams)
     for c in cams:
         processed.add_metric([c.camera], c.frames_processed)
         for reason, count in sorted(c.frames_dropped.items()):
@@ -85,6 +85,40 @@ def _camera_families(cams: Sequence[CameraStatusReport]) -> list[Metric]:
         if c.last_frame_time is not None:
             last_frame.add_metric([c.camera], c.last_frame_time.timestamp())
     return [processed, dropped, detections, streaming, state, fps, last_frame, *load]
+
+
+def _analytics_families(cams: Sequence[CameraStatusReport]) -> list[Metric]:
+    """Tracks, line crossings and zone figures per camera, rule and class."""
+    tracks = GaugeMetricFamily("pantau_camera_tracks", "Objects tracked now, per camera.", labels=["camera"])
+    crossings = CounterMetricFamily(
+        "pantau_line_crossings",
+        "Tracked objects that crossed a line, per camera, line, direction and class.",
+        labels=["camera", "line", "direction", "class"],
+    )
+    zone_events = CounterMetricFamily(
+        "pantau_zone_events",
+        "Zone entries, exits and loitering, per camera, zone, event and class.",
+        labels=["camera", "zone", "event", "class"],
+    )
+    occupancy = GaugeMetricFamily(
+        "pantau_zone_occupancy",
+        "Tracked objects in a zone now, per class.",
+        labels=["camera", "zone", "class"],
+    )
+    for c in cams:
+        if c.analytics is None:
+            continue
+        tracks.add_metric([c.camera], c.analytics.tracks)
+        for line, counts in sorted(c.analytics.lines.items()):
+            for cls, per in sorted(counts.classes.items()):
+                for direction in ("forward", "backward"):
+                    crossings.add_metric([c.camera, line, direction, cls], per.get(direction, 0))
+        for zone, figures in sorted(c.analytics.zones.items()):
+            for cls, per in sorted(figures.classes.items()):
+                for event in ("entered", "exited", "loitering"):
+                    zone_events.add_metric([c.camera, zone, event, cls], per.get(event, 0))
+                occupancy.add_metric([c.camera, zone, cls], per.get("occupancy", 0))
+    return [tracks, crossings, zone_events, occupancy]
 
 
 def _load_families(cams: Sequence[CameraStatusReport]) -> list[Metric]:

@@ -19,7 +19,7 @@ import ssl
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 import httpx
@@ -47,6 +47,10 @@ _PLURALS = {
     "HorizontalPodAutoscaler": "horizontalpodautoscalers",
     "ClusterKopfPeering": "clusterkopfpeerings",
 }
+
+
+# The watch's marker that its first listing has been delivered in full.
+SYNCED: Final = "SYNCED"
 
 
 class ApiError(RuntimeError):
@@ -259,7 +263,8 @@ class KubeApi:
         server_timeout: int = 300,
         field_selector: str = "",
     ) -> AsyncIterator[tuple[str, JSON]]:
-        """(type, object) events: first a synthetic ADDED per existing object, then changes.
+        """(type, object) events: first a synthetic ADDED per existing object, then SYNCED (with an
+        empty object: the listing is complete, even when it was empty), then changes.
 
         Lists, then watches from the list's resourceVersion; restarts from a fresh list when the
         server says the version is gone (410) or the stream ends. A DELETED is synthesised for
@@ -276,6 +281,7 @@ class KubeApi:
                     yield "DELETED", obj
             for obj in current.values():
                 yield "ADDED", obj
+            yield SYNCED, {}
             known = current
             version = listing["metadata"]["resourceVersion"]
             params = {**selectors, "watch": "1", "resourceVersion": version, "allowWatchBookmarks": "true"}

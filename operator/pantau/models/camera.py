@@ -293,6 +293,30 @@ class CameraSpec(ApiModel):
         return self
 
 
+Tally = Annotated[int, Field(ge=0)]
+
+
+class LineTally(ApiModel):
+    forward: Tally | None = None
+    backward: Tally | None = None
+
+
+class ZoneTally(ApiModel):
+    entered: Tally | None = None
+    exited: Tally | None = None
+    loitering: Tally | None = None
+    occupancy: Tally | None = None
+
+
+class AnalyticsStatus(ApiModel):
+    """The zones' and lines' counts of the last completed interval."""
+
+    interval_start: datetime
+    interval_end: datetime
+    lines: Annotated[dict[str, LineTally], Field(max_length=MAX_LINES)] | None = None
+    zones: Annotated[dict[str, ZoneTally], Field(max_length=MAX_ZONES)] | None = None
+
+
 class CameraStatus(ApiModel):
     observed_generation: Generation | None = None
     conditions: Conditions = ()
@@ -307,3 +331,4 @@ class CameraStatus(ApiModel):
     detection_counts: (
         Annotated[dict[str, Annotated[int, Field(ge=0)]], Field(max_length=MAX_CLASSES)] | None
     ) = None
+    analytics: AnalyticsStatus | None = None

@@ -221,8 +221,10 @@ def report_facts(report: CameraStatusReport, observed: Mapping[str, Any], now: d
     """Counters from an ingest pod's report, or the written ones while they are fresh enough."""
     last = observed.get("lastFrameTime")
     stale = last is None or (now - _parse_time(str(last))).total_seconds() > FACTS_REFRESH_SECONDS
+    interval = analytics_summary(report)
+    extra = {"analytics": interval} if interval is not None else {}
     if observed.get("streaming") == report.streaming and (not report.streaming or not stale):
-        return {k: observed[k] for k in FACT_KEYS if k in observed}
+        return {k: observed[k] for k in FACT_KEYS if k in observed} | extra
     facts: JSON = {
         "streaming": report.streaming,
         "fps": round(report.fps, 2),
@@ -232,7 +234,33 @@ def report_facts(report: CameraStatusReport, observed: Mapping[str, Any], now: d
     }
     if report.last_frame_time is not None:
         facts["lastFrameTime"] = _stamp(report.last_frame_time)
-    return facts
+    return facts | extra
+
+
+def analytics_summary(report: CameraStatusReport) -> JSON | None:
+    """The Camera's status.analytics: its zones' and lines' counts in the last completed interval (the
+    pod's PANTAU_INGEST_ANALYTICS_INTERVAL, 5 minutes by default). It changes once an interval at most,
+    so a busy camera costs one status write an interval, not one per crossing."""
+    analytics = report.analytics
+    if analytics is None or analytics.last_interval is None:
+        return None
+    last = analytics.last_interval
+    return {
+        "intervalStart": _stamp(last.start),
+        "intervalEnd": _stamp(last.end),
+        "lines": {
+            name: {"forward": c.forward, "backward": c.backward} for name, c in sorted(last.lines.items())
+        },
+        "zones": {
+            name: {
+                "entered": c.entered,
+                "exited": c.exited,
+                "loitering": c.loitering,
+                "occupancy": c.occupancy,
+            }
+            for name, c in sorted(last.zones.items())
+        },
+    }
 
 
 def pod_coming(pod: str | None, verdict: Verdict, pool: PoolView, now: datetime) -> bool:

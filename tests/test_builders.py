@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -644,3 +645,19 @@ def test_site_defaults_and_sinks_do_not_touch_the_pod_template() -> None:
     before, after = by_kind(sample_pool(spec=spec)), by_kind(sample_pool(spec=changed))
     assert before["StatefulSet"] == after["StatefulSet"]
     assert before["NetworkPolicy"] != after["NetworkPolicy"]  # the new sink's address is let out
+
+
+def test_the_analytics_interval_reaches_the_pods_only_when_it_is_not_theirs() -> None:
+    from pantau.builders.pool import DEFAULT_ANALYTICS_INTERVAL
+    from pantau.contract import IngestSettings
+
+    assert IngestSettings.model_fields["analytics_interval"].default == DEFAULT_ANALYTICS_INTERVAL
+    names = {
+        interval: {
+            e["name"]
+            for e in container(sample_pool(settings=replace(SETTINGS, analytics_interval=interval)))["env"]
+        }
+        for interval in (None, DEFAULT_ANALYTICS_INTERVAL, 60.0)
+    }
+    assert "PANTAU_INGEST_ANALYTICS_INTERVAL" not in names[None] | names[DEFAULT_ANALYTICS_INTERVAL]
+    assert "PANTAU_INGEST_ANALYTICS_INTERVAL" in names[60.0]

@@ -88,6 +88,11 @@ class OperatorSettings(BaseSettings):
     status_timeout: float = Field(
         default=5.0, gt=0, description="Seconds one ingest pod's /status may take, whole body included."
     )
+    analytics_interval: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds of the interval whose zone and line counts Cameras' status shows; unset: 300.",
+    )
     triton_deployment: str = Field(
         default="",
         pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$",
@@ -142,6 +147,7 @@ class OperatorSettings(BaseSettings):
 
     def pool(self) -> PoolSettings:
         return PoolSettings(
+            analytics_interval=self.analytics_interval,
             default_image=self.ingest_image,
             triton_address=self.triton_address,
             model=self.model,

@@ -70,6 +70,8 @@ TMP_SIZE_LIMIT: Final = "256Mi"
 SPOOL_PATH: Final = f"{TMP_PATH}/spool"
 TERMINATION_GRACE_SECONDS: Final = 30
 
+DEFAULT_ANALYTICS_INTERVAL: Final = 300.0  # IngestSettings.analytics_interval's default
+
 # Used when the Site names no resources. Memory is limited (a leak in a decoder must not take the node
 # down); CPU is not (a throttled decoder drops frames, idle CPU on the node should be used).
 DEFAULT_RESOURCES: Final[Manifest] = {
@@ -94,6 +96,7 @@ class PoolSettings:
     image_pull_policy: str = "IfNotPresent"
     service_name: str = OTEL_SERVICE_NAME  # OTEL_SERVICE_NAME of the pods
     otel_env: Mapping[str, str] = field(default_factory=dict)  # more OTEL_* (sampler, resource attributes)
+    analytics_interval: float | None = None  # seconds of the Cameras' interval counts; None: the pods' own
 
 
 @dataclass(frozen=True)
@@ -339,12 +342,17 @@ def _container(site: SiteRef, spec: SiteSpec, settings: PoolSettings) -> Manifes
 def _env(site: SiteRef, spec: SiteSpec, settings: PoolSettings) -> list[Manifest]:
     """Configuration only: the pods read credentials from the API, never from their environment."""
     inference = spec.inference
+    # Rendered only when it is not the pods' own default: the pod template of a default install stays
+    # as it was (no rollout on an operator upgrade).
+    interval = settings.analytics_interval
+    extra = {"analytics_interval": interval} if interval and interval != DEFAULT_ANALYTICS_INTERVAL else {}
     env = pod_env(
         site=site.name,
         triton_address=(inference.triton_address if inference else None) or settings.triton_address,
         model=(inference.model if inference else None) or settings.model,
         port=INGEST_PORT,
         spool_dir=SPOOL_PATH,
+        **extra,
     )
     # Camera defaults and event sinks are not in the environment: the pods watch their Site for them,
     # so changing them does not change the pod template (no rollout, no stream interrupted).

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ pytestmark = pytest.mark.integration
 GROUP, VERSION = "pantau.io", "v1alpha1"
 NAMESPACE = "pantau-pipeline"
 SERVICE = "pipeline-ingest"  # the ingest pods' service.name, set through the chart
+INTERVAL = 10  # seconds behind a Camera's status.analytics (the chart's smallest)
+# A line down the middle of the PETS09 plaza, which people cross both ways (pantau bench analytics).
+MIDDLE = {"name": "middle", "start": [0.5, 0.3], "end": [0.5, 0.95], "classes": ["person"]}
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +63,12 @@ def namespace(dev_stack: DevStack, stack_info: StackInfo, triton_models: str) ->
         "sampler": "parentbased_always_on",
     }
     release.install(
-        local_values(stack_info, dev_stack.settings, operator={"watchNamespaces": [NAMESPACE]}, otel=otel)
+        local_values(
+            stack_info,
+            dev_stack.settings,
+            operator={"watchNamespaces": [NAMESPACE], "analyticsInterval": INTERVAL},
+            otel=otel,
+        )
     )
     yield NAMESPACE
     tools.kubectl("delete", "sites", "--all", "-n", NAMESPACE, "--timeout=60s", check=False)
@@ -199,3 +208,81 @@ def test_ingest_pod_streams_real_footage_through_triton_with_traces_and_events(
     assert cpu
     assert float(cpu[0].split()[-1]) > 0
     assert any(line.startswith("pantau_frames_sampled_total{") for line in metrics.splitlines())
+
+
+def test_tracks_cross_lines_and_zones_change_without_a_reconnect(
+    camera_server: RtspCameraServer, kubectl: list[str], namespace: str
+) -> None:
+    """The running pipeline tracks people on the real footage: line_crossed events reach the sink with
+    the frame's traceparent, /status and the Camera's status count them, a new zone applies to the
+    running worker, and the Camera's status is written a few times a minute, not per crossing."""
+    camera = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Camera",
+        "metadata": {"name": "plaza"},
+        "spec": {
+            "siteRef": {"name": "kota"},
+            "sampling": {"fps": 5},
+            "source": {"url": camera_server.url("/vtest") + "?camera=plaza", "protocol": "rtsp"},
+            "lines": [MIDDLE],
+        },
+    }
+    apply(kubectl, namespace, camera)
+    pod = wait_for(
+        lambda: get(kubectl, namespace, "camera", "plaza").get("status", {}).get("pod"),
+        timeout=120,
+        what="the camera's pod",
+        interval=1,
+    )
+
+    def crossings() -> list[dict[str, Any]]:
+        logs = subprocess.run(
+            [*kubectl, "logs", "-n", namespace, pod, "--all-containers"], capture_output=True, text=True
+        ).stdout
+        events = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+        return [e for e in events if e.get("type") == "line_crossed" and e["camera"].endswith("/plaza")]
+
+    found = wait_for(crossings, timeout=120, what="a line_crossed event in the sink", interval=2)
+    event = found[0]
+    assert event["line"] == "middle"
+    assert event["direction"] in {"forward", "backward"}
+    assert event["class"] == "person"
+    assert event["track_id"] >= 0
+    assert len(event["traceparent"].split("-")) == 4
+    address = get(kubectl, namespace, "pod", pod)["status"]["podIP"]
+
+    def mine() -> dict[str, Any]:
+        report = httpx.get(f"http://{address}:8080/status", timeout=5).json()
+        return next(c for c in report["cameras"] if c["name"] == "plaza")
+
+    counted = mine()["analytics"]["lines"]["middle"]
+    assert counted["forward"] + counted["backward"] >= 1
+    # The Camera's status: the counts of the last completed interval.
+    status = wait_for(
+        lambda: get(kubectl, namespace, "camera", "plaza")["status"].get("analytics"),
+        timeout=3 * INTERVAL + 10,
+        what="status.analytics",
+        interval=1,
+    )
+    assert set(status) >= {"intervalStart", "intervalEnd", "lines", "zones"}
+    assert set(status["lines"]["middle"]) == {"forward", "backward"}
+
+    # A zone added to the running Camera: the same worker (its counters go on) applies it.
+    before = mine()["frames_processed"]
+    camera["spec"]["zones"] = [{"name": "plaza", "points": [[0.0, 0.3], [1.0, 0.3], [1.0, 1.0], [0.0, 1.0]]}]
+    apply(kubectl, namespace, camera)
+    zones = wait_for(
+        lambda: mine()["analytics"]["zones"], timeout=30, what="the new zone in /status", interval=1
+    )
+    assert "plaza" in zones
+    assert mine()["frames_processed"] >= before, "the camera's worker was restarted"
+
+    # Status writes: a few a minute (interval counts, streaming facts), never one per frame or crossing.
+    versions = set()
+    started = time.monotonic()
+    while time.monotonic() - started < 30:
+        versions.add(get(kubectl, namespace, "camera", "plaza")["metadata"]["resourceVersion"])
+        time.sleep(0.5)  # sampling the object, not waiting for a state
+    writes_per_minute = (len(versions) - 1) * 2
+    print(f"\nCamera status writes with analytics every {INTERVAL} s: {writes_per_minute} per minute")
+    assert writes_per_minute <= 2 * (60 // INTERVAL) + 2

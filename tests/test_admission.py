@@ -135,6 +135,8 @@ def test_the_webhook_certificate_is_kept_across_upgrades(
 def test_nothing_unchecked_gets_in_while_no_operator_answers(door: tuple[Tools, str]) -> None:
     """failurePolicy Fail: with the operator scaled to zero, Cameras cannot be created at all."""
     tools, namespace = door
+    existing = camera("before-down", "rtsp://10.20.0.11/live")
+    apply(tools, namespace, existing, expect_ok=True)
     deployment = ["deployment/door-pantau-operator", "-n", f"{namespace}-system"]
     tools.kubectl("scale", *deployment, "--replicas=0")
     try:
@@ -142,6 +144,16 @@ def test_nothing_unchecked_gets_in_while_no_operator_answers(door: tuple[Tools, 
                       "-n", f"{namespace}-system", "--timeout=60s", check=False)  # fmt: skip
         stderr = apply(tools, namespace, camera("while-down", "rtsp://10.20.0.10/live"), expect_ok=False)
         assert "failed calling webhook" in stderr or "no endpoints available" in stderr, stderr
+        # A change of the spec is checked, so it waits for the operator too ...
+        changed = {
+            **existing,
+            "spec": {**existing["spec"], "lines": [{"name": "x", "start": [0, 0], "end": [1, 1]}]},
+        }
+        stderr = apply(tools, namespace, changed, expect_ok=False)
+        assert "failed calling webhook" in stderr or "no endpoints available" in stderr, stderr
+        # ... while a label (what the operator itself writes on Cameras) has nothing to check.
+        labelled = {**existing, "metadata": {**existing["metadata"], "labels": {"team": "kota"}}}
+        apply(tools, namespace, labelled, expect_ok=True)
     finally:
         tools.kubectl("scale", *deployment, "--replicas=1")
         tools.kubectl("rollout", "status", *deployment, "--timeout=120s")

@@ -46,17 +46,30 @@ def _refuse(problems: list[str]) -> None:
         raise kopf.AdmissionError("; ".join(problems), code=422)
 
 
-async def validate_camera(spec: kopf.Spec, namespace: str | None, memo: Any, **_: Any) -> None:
-    state: OperatorState = memo["state"]
+async def validate_camera(spec: kopf.Spec, namespace: str | None, memo: Any, **kwargs: Any) -> None:
     camera = _parsed(CameraSpec, spec)
+    index: kopf.Index[Any, Any] = kwargs["site_index"]  # Kopf hands its indexes to webhooks too
+    site_spec = await _site_spec(memo["state"], index, namespace or "", camera.site_ref.name)
+    _refuse(camera_problems(camera, site_spec, memo["policy"]))
+
+
+async def _site_spec(
+    state: OperatorState, index: kopf.Index[Any, Any], namespace: str, name: str
+) -> SiteSpec | None:
+    """The Camera's Site as the operator's index holds it (no API call: a review must not queue behind
+    the operator's own requests), else as the API server has it (a Site created a moment ago). None when
+    it is absent, unreadable or invalid: it then allows nothing extra."""
+    held = next(iter(index.get((namespace, name), [])), None)
+    if held is not None:
+        return held.spec if isinstance(held.spec, SiteSpec) else None
     try:
-        site = await state.api.get(f"{GROUP}/{VERSION}", "Site", namespace, camera.site_ref.name)
-    except ApiError as exc:  # the Site cannot be read: judge as if it allowed nothing extra
-        log.warning("admission: site %s/%s not read: %s", namespace, camera.site_ref.name, exc)
-        site = None
-    # Parsed as the reconcile loop parses a watched Site; an invalid one allows nothing extra.
-    site_spec = OperatorState.site_facts(site).spec if site is not None else None
-    _refuse(camera_problems(camera, site_spec if isinstance(site_spec, SiteSpec) else None, memo["policy"]))
+        site = await state.api.get(f"{GROUP}/{VERSION}", "Site", namespace, name)
+    except ApiError as exc:
+        log.warning("admission: site %s/%s not read: %s", namespace, name, exc)
+        return None
+    # Parsed as the reconcile loop parses a watched Site.
+    parsed = OperatorState.site_facts(site).spec if site is not None else None
+    return parsed if isinstance(parsed, SiteSpec) else None
 
 
 async def validate_site(spec: kopf.Spec, memo: Any, **_: Any) -> None:

@@ -3,9 +3,7 @@ session's stack, checked the way a platform engineer and an SRE would check it."
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 import time
 import urllib.parse
 import uuid
@@ -20,6 +18,7 @@ import yaml
 from pantau.contract import LABEL_CREDENTIALS
 from pantau_dev.demo.run import Demo
 from pantau_dev.procs import wait_for
+from pantau_dev.receiver import EventReceiver
 from pantau_dev.stack import DevStack
 
 pytestmark = pytest.mark.e2e
@@ -273,37 +272,6 @@ def test_a_secret_missing_a_key_or_its_consent_is_told_and_the_pod_streams_on(de
     finally:
         demo.kubectl("delete", "camera", "half-cam", "plain-cam", "--ignore-not-found")
         demo.kubectl("delete", "secret", "half-login", "no-consent", "--ignore-not-found")
-
-
-class EventReceiver:
-    """A webhook receiver on the node's address (where pods reach the host), in a thread."""
-
-    def __init__(self, host: str) -> None:
-        received = self.received = []  # type: list[dict[str, Any]]
-        authorizations = self.authorizations = []  # type: list[str | None]
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                authorizations.append(self.headers.get("Authorization"))
-                received.extend(json.loads(body))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
-        self.url = f"http://{host}:{self.server.server_address[1]}/events"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> EventReceiver:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def test_site_change_reaches_running_pods_without_a_rollout(demo: Demo) -> None:

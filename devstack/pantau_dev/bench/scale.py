@@ -30,7 +30,6 @@ slow for that (one sample per 15 s, and the real noise is whatever the machine d
 from __future__ import annotations
 
 import contextlib
-import http.server
 import itertools
 import json
 import random
@@ -51,6 +50,7 @@ from pantau_dev.cameras import RtspCameraServer, RtspMount
 from pantau_dev.chart import Release, Tools, local_values
 from pantau_dev.net import free_port
 from pantau_dev.procs import ProcessTable, StackError, wait_for
+from pantau_dev.receiver import EventReceiver
 from pantau_dev.stack import KWOK_TAINT, DevStack
 
 NAMESPACE: Final = "pantau-scale"
@@ -115,35 +115,6 @@ class Report:
         return json.dumps(body, indent=2)
 
 
-class EventClock:
-    """A webhook receiver that notes, per event, when it arrived against when its frame was captured."""
-
-    def __init__(self, host: str) -> None:
-        delays = self.delays = []  # type: list[float]
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                now = time.time()
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                for event in json.loads(body):
-                    captured = datetime.fromisoformat(event["timestamp"]).timestamp()
-                    delays.append(now - captured)
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
-        self.url = f"http://{host}:{self.server.server_address[1]}/events"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 class ScaleStack:
     """The stack, Pantau installed with its chart, the camera server and the event receiver."""
 
@@ -154,7 +125,7 @@ class ScaleStack:
         self.release = Release(self.tools, name="scale", namespace="pantau-scale-system")
         self.table = ProcessTable(work / "pids", work / "logs")
         self.camera: RtspCameraServer | None = None
-        self.events: EventClock | None = None
+        self.events: EventReceiver | None = None
 
     def up(self) -> None:
         host = self.info.host_ip
@@ -176,7 +147,7 @@ class ScaleStack:
             self.table, "rtsp-scale", free_port(host), [mount], self.work, host=host
         )
         self.camera.start()
-        self.events = EventClock(host)
+        self.events = EventReceiver(host).start()
         self.tools.kubectl("create", "namespace", NAMESPACE, check=False)
         values = local_values(self.info, self.stack.settings, operator={"watchNamespaces": [NAMESPACE]})
         self.progress("installing Pantau with its chart ...")
@@ -274,6 +245,15 @@ class ScaleStack:
             ).stdout
         )["items"]
         return max((int(d["spec"].get("replicas", 1)) for d in deployments), default=1)
+
+
+def capture_to_arrival(receiver: EventReceiver, first: int) -> list[float]:
+    """Seconds from each frame's capture to its detection event's arrival, for the events from `first` on."""
+    return [
+        arrived - datetime.fromisoformat(event["timestamp"]).timestamp()
+        for event, arrived in zip(receiver.received[first:], receiver.arrivals[first:], strict=True)
+        if "detections" in event
+    ]
 
 
 class ReplicaWatch:
@@ -396,12 +376,12 @@ def run_policy(
             raise
         step_ready = time.monotonic() - started
         assert cluster.events is not None
-        cluster.events.delays.clear()
+        since = len(cluster.events.received)
         progress(
             f"{name}: ready after {step_ready:.1f} s; measuring latency for {config.latency_seconds:.0f} s"
         )
         time.sleep(config.latency_seconds)  # a measurement window, not a readiness wait
-        delays = sorted(cluster.events.delays)
+        delays = sorted(capture_to_arrival(cluster.events, since))
         status = cluster.get("site", name).get("status", {})
         scaling_status = status.get("scaling", {})
     finally:

@@ -81,7 +81,7 @@ def test_the_cpu_request_comes_from_the_site_else_the_defaults() -> None:
 def test_the_status_keeps_noisy_figures_until_they_move_a_step() -> None:
     s = spec()
     sizing = size(s, 1, 1, 1, 0.1, REQUEST, None, NOW)
-    first = scaling_status(sizing, REQUEST, 1, None, None, NOW)
+    first = scaling_status(sizing, 1, None, None, NOW)
     assert first == {
         "declaredPods": 1,
         "recommendedPods": 1,
@@ -90,9 +90,9 @@ def test_the_status_keeps_noisy_figures_until_they_move_a_step() -> None:
         "utilizationPercent": 40,
     }
     noisy = size(s, 1, 1, 1, 0.11, REQUEST, sizing.memory, NOW + timedelta(seconds=5))
-    assert scaling_status(noisy, REQUEST, 1, first, None, NOW) == first  # 44%: no rewrite
+    assert scaling_status(noisy, 1, first, None, NOW) == first  # 44%: no rewrite
     moved = size(s, 1, 1, 1, 0.15, REQUEST, sizing.memory, NOW + timedelta(seconds=5))
-    assert scaling_status(moved, REQUEST, 1, first, None, NOW)["utilizationPercent"] == 60
+    assert scaling_status(moved, 1, first, None, NOW)["utilizationPercent"] == 60
 
 
 def test_a_resize_tells_how_many_cameras_moved_against_the_fewest_possible() -> None:

@@ -44,6 +44,7 @@ class Sizing:
     declared: int
     decision: Decision
     cores: float | None  # measured, None when no pod reported
+    request: float  # each pod's CPU request, cores: what utilisation is measured against
     memory: Memory
 
 
@@ -116,13 +117,13 @@ def size(
         declared=declared,
         decision=decision,
         cores=cores,
+        request=request,
         memory=Memory(decision.replicas, decision.state),
     )
 
 
 def scaling_status(
     sizing: Sizing,
-    request: float,
     ready: int,
     previous: Mapping[str, Any] | None,
     moved: tuple[int, int] | None,
@@ -137,7 +138,7 @@ def scaling_status(
         "reason": sizing.decision.reason,
     }
     if sizing.cores is not None and ready:
-        percent = round(100 * sizing.cores / (request * ready))
+        percent = round(100 * sizing.cores / (sizing.request * ready))
         before = previous.get("utilizationPercent")
         if isinstance(before, int) and abs(percent - before) < UTILIZATION_STEP:
             percent, cores = before, previous.get("cpuCores", round(sizing.cores, 2))

@@ -246,7 +246,6 @@ def _scaling(
             f"{changed} cameras moved, {moved[1]} had to"
         )
         told.append(event("Site", site, "Normal", "PoolResized", message))
-    request = cpu_request(site.spec, DEFAULT_RESOURCES)
     previous = site.status.get("scaling")
-    status = scaling_status(sizing, request, pool.ready_pods(), previous, moved, now)
+    status = scaling_status(sizing, pool.ready_pods(), previous, moved, now)
     return status, told

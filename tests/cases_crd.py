@@ -14,6 +14,7 @@ import yaml
 SAMPLES: Final = Path(__file__).resolve().parents[1] / "crds" / "samples"
 
 SITE: Final = "site-bengkulu-kota.yaml"
+REMOTE_SITE: Final = "site-seluma.yaml"  # with spec.uplink and spec.inference.fallback
 RTSP_CAMERA: Final = "camera-simpang-lima.yaml"
 MJPEG_CAMERA: Final = "camera-pasar-minggu.yaml"
 SNAPSHOT_CAMERA: Final = "camera-pantai-panjang.yaml"
@@ -298,6 +299,153 @@ CASES: Final[tuple[BadCase, ...]] = (
         {"spec.allowedCameraNetworks": ["127.0.0.1/8"]},
         path="spec.allowedCameraNetworks[0]",
         hint="no host bits set",
+    ),
+    BadCase(
+        "uplink-without-bandwidth",
+        SITE,
+        {"spec.uplink": {"maxLatencyMilliseconds": 5000}},
+        path="spec.uplink.bandwidth",
+        hint="set it to the link's bits per second",
+    ),
+    BadCase(
+        "uplink-bandwidth-not-a-quantity",
+        REMOTE_SITE,
+        {"spec.uplink.bandwidth": "2 Mbit/s"},
+        path="spec.uplink.bandwidth",
+        hint="set spec.uplink.bandwidth to e.g. 512k, 2M or 10M",
+    ),
+    BadCase(
+        "uplink-bandwidth-milli",
+        REMOTE_SITE,
+        {"spec.uplink.bandwidth": "2m"},
+        path="spec.uplink.bandwidth",
+        hint="at least 64k and at most 10G bits per second",
+    ),
+    BadCase(
+        "uplink-bandwidth-below-min",
+        REMOTE_SITE,
+        {"spec.uplink.bandwidth": "32k"},
+        path="spec.uplink.bandwidth",
+        hint="set spec.uplink.bandwidth in that range",
+    ),
+    BadCase(
+        "uplink-bandwidth-above-max",
+        REMOTE_SITE,
+        {"spec.uplink.bandwidth": "20G"},
+        path="spec.uplink.bandwidth",
+        hint="at least 64k and at most 10G bits per second",
+    ),
+    BadCase(
+        "uplink-bandwidth-negative",
+        REMOTE_SITE,
+        {"spec.uplink.bandwidth": "-2M"},
+        path="spec.uplink.bandwidth",
+        hint="at least 64k and at most 10G bits per second",
+    ),
+    BadCase(
+        "uplink-latency-below-min",
+        REMOTE_SITE,
+        {"spec.uplink.maxLatencyMilliseconds": 50},
+        path="spec.uplink.maxLatencyMilliseconds",
+        hint="greater than or equal to 100",
+    ),
+    BadCase(
+        "uplink-headroom-below-min",
+        REMOTE_SITE,
+        {"spec.uplink.headroomPercent": 40},
+        path="spec.uplink.headroomPercent",
+        hint="greater than or equal to 50",
+    ),
+    BadCase(
+        "uplink-headroom-above-100",
+        REMOTE_SITE,
+        {"spec.uplink.headroomPercent": 120},
+        path="spec.uplink.headroomPercent",
+        hint="less than or equal to 100",
+    ),
+    BadCase(
+        "uplink-quality-floor-above-max",
+        REMOTE_SITE,
+        {"spec.uplink.qualityFloor": 90},
+        path="spec.uplink.qualityFloor",
+        hint="less than or equal to 80",
+    ),
+    BadCase(
+        "uplink-quality-floor-below-min",
+        REMOTE_SITE,
+        {"spec.uplink.qualityFloor": 5},
+        path="spec.uplink.qualityFloor",
+        hint="greater than or equal to 10",
+    ),
+    BadCase(
+        "uplink-scale-floor-below-min",
+        REMOTE_SITE,
+        {"spec.uplink.scaleFloor": 0.1},
+        path="spec.uplink.scaleFloor",
+        hint="set spec.uplink.scaleFloor in that range",
+    ),
+    BadCase(
+        "uplink-scale-floor-above-1",
+        REMOTE_SITE,
+        {"spec.uplink.scaleFloor": 1.5},
+        path="spec.uplink.scaleFloor",
+        hint="at least 0.125 and at most 1",
+    ),
+    BadCase(
+        "uplink-min-fps-zero",
+        REMOTE_SITE,
+        {"spec.uplink.minFps": 0},
+        path="spec.uplink.minFps",
+        hint="set spec.uplink.minFps in that range",
+    ),
+    BadCase(
+        "uplink-min-fps-above-max",
+        REMOTE_SITE,
+        {"spec.uplink.minFps": 60},
+        path="spec.uplink.minFps",
+        hint="at least 0.01 and at most 30",
+    ),
+    BadCase(
+        "fallback-fps-above-max",
+        REMOTE_SITE,
+        {"spec.inference.fallback.fps": 10},
+        path="spec.inference.fallback.fps",
+        hint="at least 0.01 and at most 5",
+    ),
+    BadCase(
+        "fallback-fps-zero",
+        REMOTE_SITE,
+        {"spec.inference.fallback.fps": 0},
+        path="spec.inference.fallback.fps",
+        hint="set spec.inference.fallback.fps in that range",
+    ),
+    BadCase(
+        "fallback-threads-zero",
+        REMOTE_SITE,
+        {"spec.inference.fallback.threads": 0},
+        path="spec.inference.fallback.threads",
+        hint="greater than or equal to 1",
+    ),
+    BadCase(
+        "fallback-threads-above-max",
+        REMOTE_SITE,
+        {"spec.inference.fallback.threads": 32},
+        path="spec.inference.fallback.threads",
+        hint="less than or equal to 16",
+    ),
+    BadCase(
+        "camera-priority-above-max",
+        RTSP_CAMERA,
+        {"spec.priority": 101},
+        path="spec.priority",
+        hint="less than or equal to 100",
+    ),
+    BadCase(
+        "camera-priority-negative",
+        MJPEG_CAMERA,
+        {"spec.priority": -1},
+        path="spec.priority",
+        hint="greater than or equal to 0",
     ),
 )
 

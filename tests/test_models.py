@@ -4,6 +4,7 @@ the same as the hand-written CRD schemas (property names, required fields, defau
 from __future__ import annotations
 
 import copy
+import inspect
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,18 +14,37 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from pantau.ingest import uplink
 from pantau.models import (
     CameraSpec,
     CameraStatus,
     Condition,
+    Fallback,
     SiteSpec,
     SiteStatus,
+    Uplink,
     find_condition,
     limits,
     set_condition,
 )
+from pantau.models.site import (
+    BANDWIDTH_NOT_QUANTITY,
+    BANDWIDTH_OUT_OF_RANGE,
+    FALLBACK_FPS_OUT_OF_RANGE,
+    MIN_FPS_OUT_OF_RANGE,
+    SCALE_FLOOR_OUT_OF_RANGE,
+)
 from pantau.redact import SECRET_QUERY_PATTERN
-from tests.cases_crd import CASES, LEAKED_PASSWORD, MODEL_ONLY_CASES, SAMPLES, BadCase, build
+from tests.cases_crd import (
+    CASES,
+    LEAKED_PASSWORD,
+    MODEL_ONLY_CASES,
+    REMOTE_SITE,
+    SAMPLES,
+    BadCase,
+    build,
+    load_sample,
+)
 
 CRDS = Path(__file__).resolve().parents[1] / "crds"
 SPEC_MODELS: dict[str, type[BaseModel]] = {"Site": SiteSpec, "Camera": CameraSpec}
@@ -327,6 +347,19 @@ def test_crd_rules_state_the_numbers_and_patterns_of_the_models() -> None:
     assert any(limits.DNS_SUBDOMAIN_PATTERN.replace("\\", "\\\\") in rule for rule in camera)
     assert any(limits.DATA_KEY_PATTERN in rule for rule in camera)
     assert "!has(self.minPods) || !has(self.maxPods) || self.minPods <= self.maxPods" in site
+    assert site["isQuantity(self)"] == BANDWIDTH_NOT_QUANTITY
+    bandwidth_rule = (
+        f"!isQuantity(self) || (quantity(self).compareTo(quantity('{limits.MIN_UPLINK_BANDWIDTH}')) >= 0 && "
+        f"quantity(self).compareTo(quantity('{limits.MAX_UPLINK_BANDWIDTH}')) <= 0)"
+    )
+    assert site[bandwidth_rule] == BANDWIDTH_OUT_OF_RANGE
+    # Fractional lower bounds are CEL rules (see the note at the top of the Site CRD).
+    for low, high, message in (
+        (limits.MIN_SCALE_FLOOR, 1.0, SCALE_FLOOR_OUT_OF_RANGE),
+        (limits.MIN_UPLINK_FPS, limits.MAX_FPS, MIN_FPS_OUT_OF_RANGE),
+        (limits.MIN_FALLBACK_FPS, limits.MAX_FALLBACK_FPS, FALLBACK_FPS_OUT_OF_RANGE),
+    ):
+        assert site[f"self >= {low:g} && self <= {high:.1f}"] == message
 
 
 def test_models_take_their_bounds_from_the_limits_module() -> None:
@@ -348,3 +381,89 @@ def test_the_crds_refuse_the_query_credentials_that_redact_hides() -> None:
     for name in ("cameras.pantau.io.yaml", "sites.pantau.io.yaml"):
         text = (CRDS / name).read_text()
         assert f"self.url.matches('{SECRET_QUERY_PATTERN}')" in text, name
+
+
+# ----- remote districts: the uplink budget, the local fallback, camera priority -----
+
+
+@pytest.mark.parametrize(
+    ("bandwidth", "bits"),
+    [
+        ("64k", 64_000),
+        ("512k", 512_000),
+        ("2M", 2_000_000),
+        ("1.5M", 1_500_000),
+        ("2Mi", 2 * 2**20),
+        ("2e6", 2_000_000),
+        ("10G", 10_000_000_000),
+    ],
+)
+def test_uplink_bandwidth_is_bits_per_second(bandwidth: str, bits: float) -> None:
+    assert Uplink.model_validate({"bandwidth": bandwidth}).bits_per_second == bits
+
+
+@pytest.mark.parametrize(
+    ("bandwidth", "message"),
+    [
+        ("2 Mbit/s", BANDWIDTH_NOT_QUANTITY),
+        ("2MB", BANDWIDTH_NOT_QUANTITY),
+        ("", BANDWIDTH_NOT_QUANTITY),
+        ("2m", BANDWIDTH_OUT_OF_RANGE),  # milli, not mega
+        ("63999", BANDWIDTH_OUT_OF_RANGE),
+        ("10.001G", BANDWIDTH_OUT_OF_RANGE),
+        ("-2M", BANDWIDTH_OUT_OF_RANGE),
+    ],
+)
+def test_bad_uplink_bandwidth_names_the_field_and_the_fix(bandwidth: str, message: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        SiteSpec.model_validate(
+            {"displayName": "Seluma", "region": "Kabupaten Seluma", "uplink": {"bandwidth": bandwidth}}
+        )
+    text = str(info.value)
+    assert "uplink.bandwidth" in text
+    assert message in text
+
+
+def test_uplink_fallback_and_priority_defaults() -> None:
+    site = SiteSpec.model_validate({"displayName": "Pasar", "region": "Kota Bengkulu"})
+    assert site.uplink is None, "no uplink, no budget"
+    assert Uplink(bandwidth="2M") == Uplink(
+        bandwidth="2M",
+        max_latency_milliseconds=None,
+        headroom_percent=90,
+        quality_floor=40,
+        scale_floor=0.5,
+        min_fps=0.1,
+    )
+    assert Fallback() == Fallback(enabled=False, fps=0.2, threads=1)
+    camera = CameraSpec.model_validate(
+        {"siteRef": {"name": "s"}, "source": {"url": "rtsp://h/x", "protocol": "rtsp"}}
+    )
+    assert camera.priority == 50
+
+
+def test_the_remote_district_sample_sets_every_uplink_and_fallback_field() -> None:
+    spec = SiteSpec.model_validate(load_sample(REMOTE_SITE)["spec"])
+    assert spec.uplink is not None
+    assert spec.uplink.bits_per_second == 2e6
+    assert spec.uplink.max_latency_milliseconds == 5000
+    assert spec.inference is not None
+    assert spec.inference.fallback == Fallback(enabled=True, fps=0.2, threads=2)
+    stated = load_sample(REMOTE_SITE)["spec"]["uplink"]
+    assert set(stated) == {field.alias for field in Uplink.model_fields.values()}
+
+
+def test_uplink_defaults_and_bounds_are_what_the_planner_takes() -> None:
+    """The ingest pods hand these fields to pantau.ingest.uplink.plan: its defaults are the CRD's, and
+    it refuses nothing the CRD accepts."""
+    defaults = {name: p.default for name, p in inspect.signature(uplink.plan).parameters.items()}
+    spec = Uplink(bandwidth="2M")
+    assert defaults["quality_floor"] == spec.quality_floor
+    assert defaults["scale_floor"] == spec.scale_floor
+    assert defaults["min_fps"] == spec.min_fps
+    assert defaults["headroom"] == spec.headroom_percent / 100
+    assert limits.MAX_QUALITY_FLOOR == uplink.REF_QUALITY
+    assert limits.MIN_SCALE_FLOOR == uplink.MIN_SCALE
+    camera = CameraSpec.model_json_schema(by_alias=True)["properties"]["priority"]
+    for priority in (camera["minimum"], camera["maximum"]):
+        uplink.CameraDemand(name="cam", priority=priority, fps=5.0, frame_bytes=50_000.0)

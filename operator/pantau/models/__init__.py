@@ -21,6 +21,7 @@ from pantau.models.site import (
     CameraCounts,
     CameraDefaults,
     EventSink,
+    Fallback,
     Inference,
     IngestPool,
     Placement,
@@ -31,6 +32,7 @@ from pantau.models.site import (
     SiteSpec,
     SiteStatus,
     Toleration,
+    Uplink,
 )
 
 GROUP: Final = "pantau.io"
@@ -56,6 +58,7 @@ __all__ = [
     "CredentialsSecretRef",
     "Detection",
     "EventSink",
+    "Fallback",
     "Inference",
     "IngestPool",
     "Placement",
@@ -70,6 +73,7 @@ __all__ = [
     "Source",
     "SourceTLS",
     "Toleration",
+    "Uplink",
     "find_condition",
     "set_condition",
 ]

@@ -24,6 +24,7 @@ from pantau.models.limits import (
     MAX_FPS,
     MAX_LINES,
     MAX_LOITER_SECONDS,
+    MAX_PRIORITY,
     MAX_RESOLUTION,
     MAX_SESSIONS,
     MAX_URL,
@@ -278,6 +279,8 @@ class CameraSpec(ApiModel):
     paused: bool = False
     dedicated_pod: bool = False
     source: Source
+    # With a Site uplink too thin for every camera, a higher priority keeps its fps longer (ties: by name).
+    priority: Annotated[int, Field(ge=0, le=MAX_PRIORITY)] = 50
     sampling: Sampling | None = None
     detection: Detection | None = None
     zones: Annotated[tuple[Zone, ...], Field(max_length=MAX_ZONES)] = ()
@@ -317,6 +320,17 @@ class AnalyticsStatus(ApiModel):
     zones: Annotated[dict[str, ZoneTally], Field(max_length=MAX_ZONES)] | None = None
 
 
+class UplinkStatus(ApiModel):
+    """How the ingest pod sends the camera under its Site's uplink budget."""
+
+    limited: bool
+    stage: Literal["none", "quality", "resolution", "fps"] | None = None
+    quality: Annotated[int, Field(ge=1, le=100)]
+    scale: Annotated[float, Field(ge=0, le=1)]
+    fps: Annotated[float, Field(ge=0)]
+    asked_fps: Annotated[float, Field(ge=0)] | None = None
+
+
 class CameraStatus(ApiModel):
     observed_generation: Generation | None = None
     conditions: Conditions = ()
@@ -332,3 +346,4 @@ class CameraStatus(ApiModel):
         Annotated[dict[str, Annotated[int, Field(ge=0)]], Field(max_length=MAX_CLASSES)] | None
     ) = None
     analytics: AnalyticsStatus | None = None
+    uplink: UplinkStatus | None = None

@@ -27,6 +27,25 @@ MAX_EVENT_SINKS: Final = 8
 MAX_URL: Final = 2048
 MAX_ALLOWED_NETWORKS: Final = 16
 
+# A Site's uplink (spec.uplink), in bits per second like the kubernetes.io/egress-bandwidth annotation.
+# From one ISDN channel to a data-centre link; quantity strings, as the CRD's CEL rules compare them.
+MIN_UPLINK_BANDWIDTH: Final = "64k"
+MAX_UPLINK_BANDWIDTH: Final = "10G"
+MIN_UPLINK_LATENCY_MS: Final = 100
+MAX_UPLINK_LATENCY_MS: Final = 600_000  # 10 minutes
+MIN_HEADROOM_PERCENT: Final = 50
+# JPEG quality (libjpeg's 1..95 scale). 80 is the quality frames are sent at before any cut
+# (pantau.ingest.uplink.REF_QUALITY): a higher floor would never be reached.
+MIN_QUALITY_FLOOR: Final = 10
+MAX_QUALITY_FLOOR: Final = 80
+MIN_SCALE_FLOOR: Final = 0.125  # the smallest resolution factor the uplink's size model was measured at
+MIN_UPLINK_FPS: Final = 0.01  # one frame every 100 s
+# The local detector (spec.inference.fallback) runs on the ingest pod's CPU, beside the cameras' decoding.
+MIN_FALLBACK_FPS: Final = 0.01
+MAX_FALLBACK_FPS: Final = 5.0
+MAX_FALLBACK_THREADS: Final = 16
+MAX_PRIORITY: Final = 100  # a Camera's spec.priority, 0..MAX_PRIORITY
+
 DNS_LABEL_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 DATA_KEY_PATTERN: Final = r"^[-._a-zA-Z0-9]+$"

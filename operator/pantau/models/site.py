@@ -25,9 +25,22 @@ from pantau.models.limits import (
     MAX_ALLOWED_NETWORKS,
     MAX_CAMERAS_PER_POD,
     MAX_EVENT_SINKS,
+    MAX_FALLBACK_FPS,
+    MAX_FALLBACK_THREADS,
+    MAX_FPS,
     MAX_FPS_PER_POD,
     MAX_PODS,
+    MAX_QUALITY_FLOOR,
+    MAX_UPLINK_BANDWIDTH,
+    MAX_UPLINK_LATENCY_MS,
     MAX_URL,
+    MIN_FALLBACK_FPS,
+    MIN_HEADROOM_PERCENT,
+    MIN_QUALITY_FLOOR,
+    MIN_SCALE_FLOOR,
+    MIN_UPLINK_BANDWIDTH,
+    MIN_UPLINK_FPS,
+    MIN_UPLINK_LATENCY_MS,
     WEBHOOK_URL_PATTERN,
 )
 from pantau.redact import has_secret_query
@@ -186,9 +199,85 @@ class IngestPool(ApiModel):
         return self
 
 
+def _within(low: float, high: float, message: str) -> AfterValidator:
+    """A bound the CRD states as a CEL rule with `message` (a schema `minimum` of 0.01 would let a
+    whole 0 through: the API server compares integers with int64(minimum))."""
+
+    def check(value: float) -> float:
+        if not low <= value <= high:
+            raise ValueError(message)
+        return value
+
+    return AfterValidator(check)
+
+
+FALLBACK_FPS_OUT_OF_RANGE: Final = (
+    f"fps must be at least {MIN_FALLBACK_FPS:g} and at most {MAX_FALLBACK_FPS:g}: set "
+    "spec.inference.fallback.fps in that range, e.g. 0.2 (one frame every 5 s per camera)"
+)
+SCALE_FLOOR_OUT_OF_RANGE: Final = (
+    f"scaleFloor must be at least {MIN_SCALE_FLOOR:g} and at most 1: set spec.uplink.scaleFloor in that "
+    "range, e.g. 0.5 (half the width and height)"
+)
+MIN_FPS_OUT_OF_RANGE: Final = (
+    f"minFps must be at least {MIN_UPLINK_FPS:g} and at most {MAX_FPS:g}: set spec.uplink.minFps in that "
+    "range, e.g. 0.1 (one frame every 10 s)"
+)
+
+
+class Fallback(ApiModel):
+    """While Triton cannot be reached, the ingest pod analyses frames itself with an onnxruntime copy of
+    the same detector, at this reduced rate (its events carry "inference": "local")."""
+
+    enabled: bool = False
+    # Frames per second per camera.
+    fps: Annotated[float, _within(MIN_FALLBACK_FPS, MAX_FALLBACK_FPS, FALLBACK_FPS_OUT_OF_RANGE)] = 0.2
+    threads: Annotated[int, Field(ge=1, le=MAX_FALLBACK_THREADS)] = 1  # onnxruntime's threads
+
+
 class Inference(ApiModel):
     triton_address: Annotated[str, Field(max_length=260, pattern=TRITON_ADDRESS_PATTERN)] | None = None
     model: Annotated[str, Field(max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")] | None = None
+    fallback: Fallback | None = None
+
+
+BANDWIDTH_NOT_QUANTITY: Final = (
+    "bandwidth must be a quantity of bits per second, as in the kubernetes.io/egress-bandwidth "
+    "annotation: set spec.uplink.bandwidth to e.g. 512k, 2M or 10M"
+)
+BANDWIDTH_OUT_OF_RANGE: Final = (
+    f"bandwidth must be at least {MIN_UPLINK_BANDWIDTH} and at most {MAX_UPLINK_BANDWIDTH} bits per "
+    "second: set spec.uplink.bandwidth in that range, e.g. 2M (M is mega; a lower-case m is milli)"
+)
+
+
+def _check_bandwidth(value: str) -> str:
+    # The same two checks, and messages, as the CRD's CEL rules on spec.uplink.bandwidth.
+    if not re.fullmatch(QUANTITY_PATTERN, value):
+        raise ValueError(BANDWIDTH_NOT_QUANTITY)
+    bits = quantity_value(value)
+    if not quantity_value(MIN_UPLINK_BANDWIDTH) <= bits <= quantity_value(MAX_UPLINK_BANDWIDTH):
+        raise ValueError(BANDWIDTH_OUT_OF_RANGE)
+    return value
+
+
+class Uplink(ApiModel):
+    """The Site's link to Triton and the event sinks. Ingest pods keep what they send within
+    headroom x bandwidth by lowering, in order, JPEG quality (to quality_floor), resolution (to
+    scale_floor), then sampled fps camera by camera, lowest Camera priority first (to min_fps)."""
+
+    bandwidth: Annotated[str, Field(max_length=32), AfterValidator(_check_bandwidth)]  # bits per second
+    max_latency_milliseconds: (
+        Annotated[int, Field(ge=MIN_UPLINK_LATENCY_MS, le=MAX_UPLINK_LATENCY_MS)] | None
+    ) = None  # older frames are dropped (Stale), not sent
+    headroom_percent: Annotated[int, Field(ge=MIN_HEADROOM_PERCENT, le=100)] = 90
+    quality_floor: Annotated[int, Field(ge=MIN_QUALITY_FLOOR, le=MAX_QUALITY_FLOOR)] = 40
+    scale_floor: Annotated[float, _within(MIN_SCALE_FLOOR, 1.0, SCALE_FLOOR_OUT_OF_RANGE)] = 0.5
+    min_fps: Annotated[float, _within(MIN_UPLINK_FPS, MAX_FPS, MIN_FPS_OUT_OF_RANGE)] = 0.1
+
+    @property
+    def bits_per_second(self) -> float:
+        return float(quantity_value(self.bandwidth))
 
 
 class CameraDefaults(ApiModel):
@@ -246,6 +335,7 @@ class SiteSpec(ApiModel):
     placement: Placement | None = None
     ingest: IngestPool = IngestPool()
     inference: Inference | None = None
+    uplink: Uplink | None = None  # None: no budget, frames are sent as they are
     camera_defaults: CameraDefaults = CameraDefaults()
     event_sinks: Annotated[tuple[EventSink, ...], Field(max_length=MAX_EVENT_SINKS)] = ()
     # Networks of addresses a camera may not otherwise use (loopback, link-local, cloud metadata) that
@@ -286,9 +376,15 @@ class ScalingStatus(ApiModel):
     min_moves: Count | None = None  # the fewest that resize could have moved
 
 
+class UplinkCounts(ApiModel):
+    bandwidth: Annotated[str, Field(max_length=32)]
+    limited_cameras: Annotated[int, Field(ge=0)]
+
+
 class SiteStatus(ApiModel):
     observed_generation: Generation | None = None
     conditions: Conditions = ()
     cameras: CameraCounts | None = None
     pods: PodCounts | None = None
     scaling: ScalingStatus | None = None
+    uplink: UplinkCounts | None = None

@@ -11,7 +11,7 @@ TRITON_DIR := $(PANTAU_CACHE)/pytriton-$(PYTRITON_VERSION)-ort-$(ONNXRUNTIME_VER
 APT_PACKAGES := gir1.2-gst-rtsp-server-1.0 gir1.2-gstreamer-1.0 python3-gi python3-gst-1.0 \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
 	gstreamer1.0-plugins-ugly gstreamer1.0-libav util-linux libseccomp-dev pkg-config \
-	iptables busybox-static
+	iptables nftables busybox-static
 
 # For `make images`: image builds without a daemon or registry, and the tests' unpacking of the
 # archives.

@@ -2,7 +2,9 @@
 
 Run as `python -m pantau_dev.faultproxy --listen-port P --target HOST:PORT --control-port C`. It
 forwards 127.0.0.1:P to the target and takes orders on a small HTTP API on 127.0.0.1:C:
-`POST /mode {"mode": ..., "delay_ms": ...}`, `GET /mode`, `GET /healthz`.
+`POST /mode {"mode": ..., "delay_ms": ...}`, `GET /mode`, `GET /healthz`. `--listen-host` and
+`--control-host` bind other addresses (a relay in the simulated WAN's data centre, pantau_dev.wan, listens
+on the namespace's address); `--mode` and `--delay-ms` set the mode it starts in (default pass).
 
 Modes (they apply to existing and new connections alike, unless said otherwise):
 
@@ -34,7 +36,7 @@ import signal
 import socket
 import struct
 import sys
-from typing import Literal
+from typing import Literal, get_args
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -248,15 +250,30 @@ def _route(proxy: Proxy, method: str, path: str, body: bytes) -> tuple[int, dict
     return 200, ModeState(**proxy.state.model_dump(), connections=len(proxy.links)).model_dump()
 
 
-async def serve(listen_port: int, target_host: str, target_port: int, control_port: int) -> None:
+async def serve(
+    listen_port: int,
+    target_host: str,
+    target_port: int,
+    control_port: int,
+    *,
+    listen_host: str = HOST,
+    control_host: str = HOST,
+    initial: ModeRequest | None = None,
+) -> None:
     proxy = Proxy(target_host, target_port)
-    data_server = await asyncio.start_server(proxy.handle, HOST, listen_port)
-    control_server = await asyncio.start_server(functools.partial(_control, proxy), HOST, control_port)
+    if initial is not None:
+        proxy.set_mode(initial)
+    data_server = await asyncio.start_server(proxy.handle, listen_host, listen_port)
+    control = functools.partial(_control, proxy)
+    control_server = await asyncio.start_server(control, control_host, control_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"forwarding {HOST}:{listen_port} -> {target_host}:{target_port}, control {HOST}:{control_port}")
+    print(
+        f"forwarding {listen_host}:{listen_port} -> {target_host}:{target_port}, "
+        f"control {control_host}:{control_port}, mode {proxy.state.mode} delay_ms={proxy.state.delay_ms}"
+    )
     print("ready", flush=True)
     await stop.wait()
     data_server.close()
@@ -277,14 +294,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen-port", type=int, required=True)
     parser.add_argument("--target", type=_target, required=True, help="HOST:PORT to forward to")
     parser.add_argument("--control-port", type=int, required=True)
+    parser.add_argument("--listen-host", default=HOST, help=f"address to listen on (default {HOST})")
+    parser.add_argument("--control-host", default=HOST, help=f"the control API's address (default {HOST})")
+    parser.add_argument("--mode", choices=get_args(Mode), default="pass", help="the mode to start in")
+    parser.add_argument("--delay-ms", type=int, default=0, help="with --mode delay")
     args = parser.parse_args(argv)
+    try:
+        initial = ModeRequest(mode=args.mode, delay_ms=args.delay_ms)
+    except ValidationError as exc:
+        parser.error(str(exc))
     host, port = args.target
-    asyncio.run(serve(args.listen_port, host, port, args.control_port))
+    asyncio.run(
+        serve(
+            args.listen_port,
+            host,
+            port,
+            args.control_port,
+            listen_host=args.listen_host,
+            control_host=args.control_host,
+            initial=initial,
+        )
+    )
     return 0
 
 
 class FaultProxy(ManagedProcess):
-    """Controller for a proxy process: start/stop it and switch its fault mode (sync, for tests)."""
+    """Controller for a proxy process: start/stop it and switch its fault mode (sync, for tests).
+
+    `listen_host` (and `control_host`, by default the same) bind other addresses than 127.0.0.1;
+    `netns` runs the process inside that network namespace (e.g. `Wan.netns`, listening on
+    `Wan.dc_address`), where ports are picked free on this host's loopback: a fresh namespace has all
+    of them free. `initial` is the mode it starts in (e.g. `ModeRequest(mode="delay", delay_ms=200)`).
+    """
 
     def __init__(
         self,
@@ -296,14 +337,28 @@ class FaultProxy(ManagedProcess):
         listen_port: int | None = None,
         control_port: int | None = None,
         startup_timeout: float = 15.0,
+        listen_host: str = HOST,
+        control_host: str | None = None,
+        netns: str | None = None,
+        initial: ModeRequest | None = None,
     ) -> None:
         self.table = table
         self.name = name
         self.target_host = target_host
         self.target_port = target_port
-        self.host = HOST
-        self.listen_port = listen_port if listen_port is not None else free_port()
-        self.control_port = control_port if control_port is not None else free_port()
+        self.host = listen_host
+        self.control_host = control_host if control_host is not None else listen_host
+        if netns is not None and self.control_host in ("0.0.0.0", "::"):
+            raise ValueError(
+                f"fault proxy {name}: in a namespace, its control API listens on the namespace's address "
+                "(Wan.dc_address): this process switches modes from outside"
+            )
+        self.netns = netns
+        self.initial = initial
+        pick = HOST if netns is not None else listen_host
+        self.listen_port = listen_port if listen_port is not None else free_port(pick)
+        pick = HOST if netns is not None else self.control_host
+        self.control_port = control_port if control_port is not None else free_port(pick)
         self.startup_timeout = startup_timeout
 
     @property
@@ -313,7 +368,7 @@ class FaultProxy(ManagedProcess):
 
     @property
     def control_url(self) -> str:
-        return f"http://{self.host}:{self.control_port}"
+        return f"http://{self.control_host}:{self.control_port}"
 
     def start(self) -> ProcessRecord:
         running = self.table.running(self.name)
@@ -325,7 +380,11 @@ class FaultProxy(ManagedProcess):
             "--target", f"{self.target_host}:{self.target_port}",
             "--control-port", str(self.control_port),
         ]  # fmt: skip
-        record = self.table.spawn(self.name, argv)
+        if (self.host, self.control_host) != (HOST, HOST):
+            argv += ["--listen-host", self.host, "--control-host", self.control_host]
+        if self.initial is not None:
+            argv += ["--mode", self.initial.mode, "--delay-ms", str(self.initial.delay_ms)]
+        record = self.table.spawn(self.name, argv, netns=self.netns)
         wait_for(
             lambda: httpx.get(f"{self.control_url}/healthz", timeout=1.0).status_code == 200,
             timeout=self.startup_timeout,

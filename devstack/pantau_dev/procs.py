@@ -97,9 +97,10 @@ class ProcessTable:
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
         log_name: str | None = None,
+        netns: str | None = None,
     ) -> ProcessRecord:
         """Start `argv` in its own session with output appended to `<log_dir>/<name>.log`."""
-        return self.start(name, argv, env=env, cwd=cwd, log_name=log_name)[0]
+        return self.start(name, argv, env=env, cwd=cwd, log_name=log_name, netns=netns)[0]
 
     def start(
         self,
@@ -109,8 +110,14 @@ class ProcessTable:
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
         log_name: str | None = None,
+        netns: str | None = None,
     ) -> tuple[ProcessRecord, subprocess.Popen[bytes]]:
-        """Like `spawn`, also returning the Popen: the only holder of the child's exit status."""
+        """Like `spawn`, also returning the Popen: the only holder of the child's exit status.
+
+        `netns`: run it inside that named network namespace (`ip netns exec`, which execs the command
+        after entering it: the PID and the record stay the process's own)."""
+        if netns is not None:
+            argv = ["ip", "netns", "exec", netns, *argv]
         self.pid_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{log_name or name}.log"

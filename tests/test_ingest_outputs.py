@@ -107,7 +107,10 @@ def test_event_is_one_line_of_json_with_every_field() -> None:
     line = event(3).to_json()
     assert "\n" not in line
     data = json.loads(line)
-    assert set(data) == {"camera", "site", "pod", "timestamp", "frame_id", "detections", "traceparent"}
+    assert set(data) == {
+        "camera", "site", "pod", "timestamp", "frame_id", "detections", "traceparent", "inference"
+    }  # fmt: skip
+    assert data["inference"] == "triton"  # "local" for the pod's fallback detector
     assert data["timestamp"] == "2024-05-01T03:04:05.723456Z"
     assert data["detections"][0] == {"class": "person", "score": 0.5, "box": [0.0, 2.5, 30.0, 40.0]}
     assert TRACEPARENT.match(data["traceparent"])

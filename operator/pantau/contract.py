@@ -106,12 +106,24 @@ class IngestSettings(BaseSettings):
     # Frames per Triton request: 1 suits a CPU Triton (a batch costs as much as its frames apart and
     # each waits for the last); a GPU's pays off with more (see pantau/triton/client.py).
     max_batch: int = Field(default=1, ge=1, validation_alias=_env("PANTAU_INGEST_MAX_BATCH"))
+    # Triton requests outstanding at once: the model's instances (2 in the chart's build). A Site with
+    # an uplink raises it to cover the WAN's round trip (pantau.ingest.budget.WAN_IN_FLIGHT).
+    max_in_flight: int = Field(default=2, ge=1, validation_alias=_env("PANTAU_INGEST_MAX_IN_FLIGHT"))
     # Where webhook sinks keep undelivered events (one SQLite file per sink), on the pod's volume so they
     # outlive a container restart; unset: in memory only.
     spool_dir: str | None = Field(default=None, validation_alias=_env("PANTAU_INGEST_SPOOL_DIR"))
     # Seconds of the interval whose analytics counts the Camera's status shows (aligned to the clock).
     analytics_interval: float = Field(
         default=300.0, gt=0, validation_alias=_env("PANTAU_INGEST_ANALYTICS_INTERVAL")
+    )
+    # The fallback detector's model (Site spec.inference.fallback): a file in the pod, or a URL and its
+    # SHA-256 (the chart's triton.model.url) downloaded once onto the pod's volume (spool_dir).
+    fallback_model: str | None = Field(default=None, validation_alias=_env("PANTAU_INGEST_FALLBACK_MODEL"))
+    fallback_model_url: str | None = Field(
+        default=None, validation_alias=_env("PANTAU_INGEST_FALLBACK_MODEL_URL")
+    )
+    fallback_model_sha256: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{64}$", validation_alias=_env("PANTAU_INGEST_FALLBACK_MODEL_SHA256")
     )
     # Seconds between readiness checks of Triton while no inference has told how it is.
     triton_check: float = Field(default=5.0, gt=0, validation_alias=_env("PANTAU_INGEST_TRITON_CHECK"))
@@ -237,6 +249,20 @@ class AnalyticsReport(AnalyticsCounts):
     last_interval: AnalyticsInterval | None = None
 
 
+class UplinkReport(_Report):
+    """How a camera sends under its Site's uplink budget (Site spec.uplink), from the pod's plan."""
+
+    quality: int = Field(ge=1, le=100)  # JPEG quality (libjpeg's scale)
+    scale: float = Field(gt=0, le=1)  # resolution factor of both sides
+    fps: float = Field(ge=0)  # sampled frames per second the plan gives the camera
+    asked_fps: float = Field(ge=0)  # what the Camera (or its Site's defaults) asks for
+    limited: bool  # below its asked fps, the reference quality (80) or full resolution
+    stage: Literal["none", "quality", "resolution", "fps"]  # the furthest step the pod's plan took
+    budget_bps: float = Field(ge=0)  # the pod's share of the Site's bandwidth, bits per second
+    sent_bps: float = Field(ge=0)  # what the pod sent (frames and events), bits per second, recent
+    message: Annotated[str, AfterValidator(_short)]
+
+
 class CameraStatusReport(_Report):
     """What the pod knows about one of its cameras."""
 
@@ -259,6 +285,9 @@ class CameraStatusReport(_Report):
     inference_latency_ms: LatencySummary | None = None
     detections: dict[str, Count] = Field(default_factory=dict)  # class -> detections since start
     analytics: AnalyticsReport | None = None
+    uplink: UplinkReport | None = None  # None: the Site has no uplink budget
+    # Frames analysed in the pod by the fallback detector while Triton could not be reached.
+    frames_local: Count = 0
     url: Redacted  # the source URL with userinfo shown as REDACTED:REDACTED@
 
     @property

@@ -93,6 +93,14 @@ class OperatorSettings(BaseSettings):
         gt=0,
         description="Seconds of the interval whose zone and line counts Cameras' status shows; unset: 300.",
     )
+    fallback_model_url: str | None = Field(
+        default=None,
+        description="Where ingest pods of a Site with spec.inference.fallback download the detector's ONNX "
+        "file (the chart's triton.model.url); unset: they cannot run the fallback.",
+    )
+    fallback_model_sha256: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{64}$", description="SHA-256 of that file (triton.model.sha256)."
+    )
     triton_deployment: str = Field(
         default="",
         pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$",
@@ -148,6 +156,8 @@ class OperatorSettings(BaseSettings):
     def pool(self) -> PoolSettings:
         return PoolSettings(
             analytics_interval=self.analytics_interval,
+            fallback_model_url=self.fallback_model_url,
+            fallback_model_sha256=self.fallback_model_sha256,
             default_image=self.ingest_image,
             triton_address=self.triton_address,
             model=self.model,

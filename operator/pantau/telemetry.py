@@ -68,6 +68,7 @@ ATTR_FRAME_HEIGHT: Final = "pantau.frame.height"
 ATTR_SINKS: Final = "pantau.sinks"  # event sinks the detection event was handed to
 ATTR_KEYFRAME: Final = "pantau.keyframe"  # the sample was a keyframe
 ATTR_DROP_REASON: Final = "pantau.drop_reason"  # why the frame was not analysed (e.g. InferenceUnavailable)
+ATTR_INFERENCE: Final = "pantau.inference"  # "local": the pod's fallback detector analysed the frame
 
 ALLOWED_ATTRIBUTES: Final = frozenset(
     {
@@ -89,6 +90,7 @@ ALLOWED_ATTRIBUTES: Final = frozenset(
         ATTR_SINKS,
         ATTR_KEYFRAME,
         ATTR_DROP_REASON,
+        ATTR_INFERENCE,
     }
 )
 _CLASS_KEY: Final = re.compile(re.escape(ATTR_DETECTIONS_PREFIX) + r"[a-z][a-z_]*[a-z]")

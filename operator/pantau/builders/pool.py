@@ -97,6 +97,8 @@ class PoolSettings:
     service_name: str = OTEL_SERVICE_NAME  # OTEL_SERVICE_NAME of the pods
     otel_env: Mapping[str, str] = field(default_factory=dict)  # more OTEL_* (sampler, resource attributes)
     analytics_interval: float | None = None  # seconds of the Cameras' interval counts; None: the pods' own
+    fallback_model_url: str | None = None  # the detector's ONNX file, for Sites with a fallback detector
+    fallback_model_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -345,7 +347,15 @@ def _env(site: SiteRef, spec: SiteSpec, settings: PoolSettings) -> list[Manifest
     # Rendered only when it is not the pods' own default: the pod template of a default install stays
     # as it was (no rollout on an operator upgrade).
     interval = settings.analytics_interval
-    extra = {"analytics_interval": interval} if interval and interval != DEFAULT_ANALYTICS_INTERVAL else {}
+    extra: dict[str, object] = {}
+    if interval and interval != DEFAULT_ANALYTICS_INTERVAL:
+        extra["analytics_interval"] = interval
+    fallback = inference.fallback if inference else None
+    if fallback is not None and fallback.enabled and settings.fallback_model_url:
+        extra |= {
+            "fallback_model_url": settings.fallback_model_url,
+            "fallback_model_sha256": settings.fallback_model_sha256,
+        }
     env = pod_env(
         site=site.name,
         triton_address=(inference.triton_address if inference else None) or settings.triton_address,

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,9 @@ from pantau.contract import (
     TritonReport,
 )
 from pantau.ingest.analytics import report as analytics_report
+from pantau.ingest.budget import REPLAN, WAN_IN_FLIGHT, UplinkBudget
 from pantau.ingest.events import EventSink, JsonLinesSink, MultiSink, WebhookSink
+from pantau.ingest.fallback import Fallback
 from pantau.ingest.latency import LatencyHistogram
 from pantau.ingest.load import LoadMeter
 from pantau.ingest.pipeline import CameraStats, CameraWorker, Credentials, PodContext
@@ -55,15 +57,17 @@ def build_sink(
     specs: Sequence[SinkSpec],
     headers: Mapping[str, Mapping[str, str]] | None = None,
     spool_dir: str | None = None,
+    on_sent: Callable[[int], None] | None = None,
 ) -> EventSink:
     """The pod's sink for the Site's `eventSinks` (several: one MultiSink over them); `headers` are each
-    webhook sink's headers from Secrets, by sink name; `spool_dir` where they keep undelivered events."""
+    webhook sink's headers from Secrets, by sink name; `spool_dir` where they keep undelivered events;
+    `on_sent` is told the bytes of each request sent (the uplink budget counts them)."""
     sinks: list[EventSink] = []
     spool = Path(spool_dir) if spool_dir else None
     for s in specs:
         if s.type == "webhook" and s.url:
             header = (headers or {}).get(s.name)
-            sinks.append(WebhookSink(s.url, name=s.name, headers=header, spool_dir=spool))
+            sinks.append(WebhookSink(s.url, name=s.name, headers=header, spool_dir=spool, on_sent=on_sent))
         elif s.type == "stdout":
             sinks.append(JsonLinesSink())
     return MultiSink(sinks) if len(sinks) != 1 else sinks[0]
@@ -94,6 +98,7 @@ class IngestApp:
         self.site_known = asyncio.Event()  # cameras start once the Site's settings are read
         self.closing: set[asyncio.Task[None]] = set()  # replaced sinks delivering what they hold
         self.load = LoadMeter()
+        self.site_cameras = 0  # the Site's cameras (its status), for this pod's share of the uplink
 
     async def _secret_data(self, name: str) -> dict[str, str] | None:
         """A Secret's data; None when it is absent or this pod may not read it (the operator grants a
@@ -178,6 +183,14 @@ class IngestApp:
         for name, worker in list(self.workers.items()):
             if worker.source_config() != before[name]:
                 await self._restart(name, worker.creds)
+        self.site_cameras = int(((obj.get("status") or {}).get("cameras") or {}).get("total") or 0)
+        self.ctx.uplink.configure(spec.uplink, self.uplink_share())
+        self.follow_plan()
+        in_flight = (
+            max(self.settings.max_in_flight, WAN_IN_FLIGHT) if spec.uplink else self.settings.max_in_flight
+        )
+        await self.ctx.detector.set_max_in_flight(in_flight)
+        self.ctx.fallback.configure(spec.inference.fallback if spec.inference else None)
         if spec.event_sinks != self.sink_specs or not self.site_known.is_set():
             await self._swap_sink(spec.event_sinks)
         self.site_known.set()
@@ -185,7 +198,10 @@ class IngestApp:
     async def _swap_sink(self, specs: tuple[SinkSpec, ...]) -> None:
         """A new sink for `specs` with their headers read now; the old one delivers what it holds."""
         headers = await self._sink_headers(specs)
-        old, self.ctx.sink = self.ctx.sink, build_sink(specs, headers, self.settings.spool_dir)
+        old, self.ctx.sink = (
+            self.ctx.sink,
+            build_sink(specs, headers, self.settings.spool_dir, self.ctx.uplink.event_bytes_sent),
+        )
         self.sink_specs, self.sink_headers = specs, headers
         log.info("event sinks now: %s", ", ".join(s.name for s in specs) or "none")
         closing = asyncio.create_task(old.aclose(), name="close-old-sink")
@@ -287,6 +303,26 @@ class IngestApp:
                 await detector.check()
             await asyncio.sleep(self.settings.triton_check)
 
+    def uplink_share(self) -> float:
+        """This pod's share of its Site's uplink: its cameras of the Site's (all of it until the Site's
+        status counts them)."""
+        if not self.workers or self.site_cameras <= len(self.workers):
+            return 1.0
+        return len(self.workers) / self.site_cameras
+
+    def follow_plan(self) -> None:
+        for worker in self.workers.values():
+            worker.follow_plan()
+
+    async def plan_uplink(self) -> None:
+        """Plan the uplink every REPLAN seconds from what was measured, and let the cameras follow."""
+        while True:
+            if self.ctx.uplink.active:
+                self.ctx.uplink.configure(self.ctx.uplink.settings, self.uplink_share())
+                self.ctx.uplink.replan()
+                self.follow_plan()
+            await asyncio.sleep(REPLAN)
+
     def sample_load(self) -> None:
         """The cameras' CPU sample, and the close of an analytics interval where one ended."""
         self.load.sample({name: w.stats.cpu_seconds for name, w in self.workers.items()})
@@ -355,6 +391,8 @@ class IngestApp:
                     frames_dropped=dict(s.dropped),
                     detections=dict(s.detections),
                     analytics=analytics_report(w.analytics, w.intervals),
+                    uplink=self.ctx.uplink.report(name),
+                    frames_local=s.frames_local,
                     inference_latency_ms=_latency_summary(s),
                     url=redact_url(w.spec.source.url),
                 )
@@ -383,16 +421,29 @@ async def main(settings: IngestSettings) -> None:
     # Not connected yet: the pod serves and reports at once; while Triton or its model is missing its
     # cameras say InferenceUnavailable and /status says what the checks found.
     detector = Detector(
-        ClientSettings(url=settings.triton_address, model=settings.model, max_batch=settings.max_batch),
+        ClientSettings(
+            url=settings.triton_address,
+            model=settings.model,
+            max_batch=settings.max_batch,
+            max_in_flight=settings.max_in_flight,
+        ),
         input_size=None,
     )
+    budget = UplinkBudget()
     ctx = PodContext(
         namespace=settings.namespace,
         site=settings.site,
         pod=settings.pod_name,
         model=settings.model,
         detector=detector,
-        sink=build_sink(settings.event_sinks, spool_dir=settings.spool_dir),
+        sink=build_sink(settings.event_sinks, spool_dir=settings.spool_dir, on_sent=budget.event_bytes_sent),
+        uplink=budget,
+        fallback=Fallback(
+            settings.fallback_model,
+            settings.fallback_model_url,
+            settings.fallback_model_sha256,
+            cache_dir=settings.spool_dir,
+        ),
         tracer=provider.get_tracer("pantau.ingest"),
         defaults=settings.camera_defaults,
         queue_size=settings.queue_size,
@@ -421,6 +472,7 @@ async def main(settings: IngestSettings) -> None:
         asyncio.create_task(app.refresh_secrets(), name="refresh-secrets"),
         asyncio.create_task(app.watch_triton(), name="watch-triton"),
         asyncio.create_task(app.measure_load(), name="measure-load"),
+        asyncio.create_task(app.plan_uplink(), name="plan-uplink"),
     ]
     await stop.wait()
     for t in app.tasks:

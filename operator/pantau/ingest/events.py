@@ -27,7 +27,7 @@ import logging
 import os
 import random
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +56,9 @@ DROP_WRITE_FAILED: Final = "WriteFailed"  # the JSON-lines stream could not be w
 
 CONTENT_TYPE: Final = "application/json"
 USER_AGENT: Final = "pantau-ingest"
+# A POST's request line and the headers httpx adds (Host, Accept, Content-Length ...), bytes: counted with
+# each request's body and our headers as what it puts on the uplink.
+REQUEST_HEAD_BYTES: Final = 200
 RETRY_AFTER_CAP: Final = 60.0  # seconds: the most a receiver's Retry-After may hold delivery back
 _RETRY_STATUSES: Final = frozenset({408, 429})
 
@@ -88,6 +91,9 @@ class _Wire(BaseModel):
         return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+Inference = Literal["triton", "local"]
+
+
 class DetectionEvent(_Wire):
     """What happened in one processed frame. On the wire: one JSON object (`to_json`)."""
 
@@ -99,6 +105,8 @@ class DetectionEvent(_Wire):
     detections: tuple[Detection, ...] = ()
     # None only when tracing is switched off in the pod (OTEL_SDK_DISABLED).
     traceparent: Annotated[str, Field(pattern=TRACEPARENT_PATTERN)] | None
+    # Who detected: Triton, or the pod's fallback detector while Triton could not be reached.
+    inference: Inference = "triton"
 
     @property
     def idempotency_key(self) -> str:
@@ -301,6 +309,7 @@ class WebhookSink(_Closing):
         linger: float = 0.05,
         headers: Mapping[str, str] | None = None,
         spool_dir: Path | None = None,
+        on_sent: Callable[[int], None] | None = None,
     ) -> None:
         # Messages never quote the URL: it may hold a token.
         parts = urlsplit(url)
@@ -334,6 +343,7 @@ class WebhookSink(_Closing):
         self._closed = False
         self._failing = False  # between the first failure and the next success: log once per outage
         self._overflowing = False
+        self._on_sent = on_sent
         if len(self._queue):  # kept from before a restart: deliver them first, without waiting for more
             log.info("event sink %s (%s): %d events kept from before; delivering", name, self._origin,
                      len(self._queue))  # fmt: skip
@@ -449,6 +459,9 @@ class WebhookSink(_Closing):
     async def _post(self, batch: Sequence[str]) -> tuple[Outcome, float | None]:
         assert self._client is not None
         body = ("[" + ",".join(batch) + "]").encode()
+        if self._on_sent is not None:  # what goes on the wire: the body and the request's head
+            head = REQUEST_HEAD_BYTES + sum(len(k) + len(v) + 4 for k, v in self._headers.items())
+            self._on_sent(len(body) + head)
         try:
             response = await self._client.post(self._url, content=body, headers=self._headers)
         except httpx.HTTPError as exc:  # transport errors, chiefly: connection, timeout, protocol

@@ -31,8 +31,11 @@ from opentelemetry.trace import SpanKind, Tracer
 
 from pantau import telemetry
 from pantau.analytics.engine import AnalyticsEvent
+from pantau.ingest import jpeg
 from pantau.ingest.analytics import IntervalCounts, engine_for, rules_of, wire_events
-from pantau.ingest.events import DetectionEvent, EventSink
+from pantau.ingest.budget import UplinkBudget
+from pantau.ingest.events import DetectionEvent, EventSink, Inference
+from pantau.ingest.fallback import Fallback
 from pantau.ingest.latency import LatencyHistogram
 from pantau.ingest.sources import Sample, Source, SourceConfig, SourceError, open_source
 from pantau.models.camera import CameraSpec
@@ -44,6 +47,9 @@ from pantau.triton.contract import Detection
 
 log = logging.getLogger("pantau.ingest")
 AUTH_FAILURES_BEFORE_SLOWDOWN = 3
+# Failures that mean Triton cannot be reached (rather than a frame it refused): the fallback's cue.
+UNREACHABLE = frozenset({"InferenceUnavailable", "Timeout"})
+SILENT_UNAVAILABLE = 10.0  # seconds without an answer from Triton that make timeouts "unavailable"
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,10 @@ class PodContext:
     backoff_cap: float = 30.0
     auth_backoff: float = 60.0
     analytics_interval: float = 300.0  # seconds of the interval counts the Camera's status shows
+    # The Site's uplink budget (Site spec.uplink): with one, frames go as JPEG at the plan's settings.
+    uplink: UplinkBudget = field(default_factory=UplinkBudget)
+    # The Site's fallback detector (Site spec.inference.fallback), for frames Triton cannot take.
+    fallback: Fallback = field(default_factory=Fallback)
 
 
 @dataclass
@@ -99,6 +109,7 @@ class CameraStats:
     # time.monotonic() when the frame now in processing was taken from the queue; None: none is.
     busy_since: float | None = None
     frames_sampled: int = 0  # samples the sources delivered, all sessions together
+    frames_local: int = 0  # frames the pod's fallback detector analysed while Triton was unreachable
     # CPU seconds of the camera's own threads: ended sessions, and the one under way (updated per sample).
     cpu_ended: float = 0.0
     cpu_session: float = 0.0
@@ -143,12 +154,32 @@ class CameraWorker:
         self._session = 0
         self.analytics = engine_for(spec)
         self.intervals = IntervalCounts(ctx.analytics_interval)
+        self._source: Source | None = None  # the session's source, while one is open
+        self._sent_fps: float | None = None  # the sampling rate last given to it
 
     def reconfigure(self, spec: CameraSpec) -> None:
         """A spec whose stream is unchanged: detection settings apply to the next frame, zones and lines
         to the next sample too, tracks and counts kept."""
         self.spec = spec
         self.analytics.configure(*rules_of(spec))
+        self.ctx.uplink.ask(self.name, spec.priority, self.asked_fps)
+
+    @property
+    def asked_fps(self) -> float:
+        spec = self.spec
+        return float(spec.sampling.fps if spec.sampling and spec.sampling.fps else self.ctx.defaults.fps)
+
+    def sampling_fps(self) -> float:
+        """What the source samples at: the uplink plan's rate, else the asked one."""
+        setting = self.ctx.uplink.setting(self.name)
+        return min(setting.fps, self.asked_fps) if setting is not None else self.asked_fps
+
+    def follow_plan(self) -> None:
+        """The uplink's plan changed: the open session samples at its new rate from the next sample."""
+        source, fps = self._source, self.sampling_fps()
+        if source is not None and fps != self._sent_fps:
+            source.set_fps(fps)
+            self._sent_fps = fps
 
     # ----- lifecycle -----
 
@@ -172,13 +203,15 @@ class CameraWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self.stats.state = "Stopped"
+        self.ctx.uplink.forget(self.name)
+        self.ctx.fallback.forget(self.name)
 
     def source_config(self) -> SourceConfig:
-        spec, src = self.spec, self.spec.source
+        src = self.spec.source
         return SourceConfig(
             url=src.url,
             protocol=src.protocol,
-            fps=float(spec.sampling.fps if spec.sampling and spec.sampling.fps else self.ctx.defaults.fps),
+            fps=self.sampling_fps(),
             transport=src.transport or "tcp",
             username=self.creds.username if self.creds else None,
             password=self.creds.password if self.creds else None,
@@ -250,6 +283,7 @@ class CameraWorker:
             )
         self.stats.sessions_opened += 1
         size = self.ctx.detector.input_size
+        self.ctx.uplink.ask(self.name, self.spec.priority, self.asked_fps)
 
         def offer(sample: Sample) -> None:
             self.stats.frames_sampled += 1
@@ -268,8 +302,10 @@ class CameraWorker:
             source = None
             started = time.thread_time()
             try:
-                source = open_source(self.source_config(), _letterboxer(size))
+                config = self.source_config()
+                source = open_source(config, _letterboxer(size))
                 opened.append(source)
+                self._source, self._sent_fps = source, config.fps
                 while not stop.is_set():
                     sample = source.read()
                     self.stats.cpu_session = time.thread_time() - started + source.stats.cpu_seconds
@@ -280,6 +316,7 @@ class CameraWorker:
                 message = f"unexpected error reading {redact_url(self.spec.source.url)}: {type(exc).__name__}"
                 loop.call_soon_threadsafe(fail, SourceError(message, reason="Unreachable"))
             finally:
+                self._source = None
                 if source is not None:
                     source.close()
                     session = time.thread_time() - started + source.stats.cpu_seconds
@@ -330,25 +367,29 @@ class CameraWorker:
                 captured_ns,
                 {telemetry.ATTR_KEYFRAME: sample.keyframe},
             )
-            found = await self._infer(sample, root)
-            if found is None:
+            inferred = await self._infer(sample, root)
+            if inferred is None:
                 return
+            found, where = inferred
             with telemetry.stage_span(ctx.tracer, telemetry.SPAN_ANALYSE):
                 kept = [d for d in found if d.class_name in self.classes and d.score >= self.min_score]
                 telemetry.set_detections(root, Counter(d.class_name for d in kept))
                 analysed = self.analytics.update(sample.captured_at, sample.orig_hw, kept)
             with telemetry.stage_span(ctx.tracer, telemetry.SPAN_PUBLISH):
                 traceparent = telemetry.traceparent_of(root)
-                await ctx.sink.publish(self._event(sample, frame_id, kept, traceparent))
+                await ctx.sink.publish(self._event(sample, frame_id, kept, traceparent, where))
                 await self._publish_track_events(analysed.events, frame_id, traceparent)
-        stats.state, stats.reason, stats.message = "Streaming", None, None
+        stats.state = "Streaming"
+        if where == "triton":  # a frame the fallback analysed leaves Triton's failure on the status
+            stats.reason, stats.message = None, None
         stats.frames_processed += 1
         stats.processed_at.append(time.monotonic())
         stats.last_frame_time = datetime.fromtimestamp(sample.captured_at, UTC)
         stats.detections.update(d.class_name for d in kept)
 
-    async def _infer(self, sample: Sample, root: trace.Span) -> list[Detection] | None:
-        """The frame's detections, or None when it was dropped (counted, with the reason on the trace)."""
+    async def _infer(self, sample: Sample, root: trace.Span) -> tuple[list[Detection], Inference] | None:
+        """The frame's detections and where they were made (Triton, or the pod's fallback detector while
+        Triton cannot be reached), or None when it was dropped (counted, with the reason on the trace)."""
         ctx, stats = self.ctx, self.stats
         started = time.monotonic()
         attributes = {telemetry.ATTR_MODEL: ctx.model}
@@ -356,20 +397,57 @@ class CameraWorker:
             ctx.tracer, telemetry.SPAN_INFER, attributes, kind=SpanKind.CLIENT
         ) as infer:
             try:
-                found = await ctx.detector.detect(
-                    Prepared(orig_hw=sample.orig_hw, image=sample.image),
-                    headers=telemetry.grpc_metadata(infer),
-                )
+                prepared, sent_hw = await self._prepare(sample)
+                found = await ctx.detector.detect(prepared, headers=telemetry.grpc_metadata(infer))
             except InferenceError as exc:
-                stats.dropped[exc.reason] += 1
-                stats.reason, stats.message = exc.reason, str(exc)
+                stats.reason, stats.message = self._why_not(exc)
                 infer.set_status(trace.Status(trace.StatusCode.ERROR, exc.reason))
+                local = None
+                if exc.reason in UNREACHABLE:
+                    local = await ctx.fallback.analyse(self.name, sample.image, sample.orig_hw)
+                if local is not None:
+                    stats.frames_local += 1
+                    stats.message = f"{stats.message}; the pod's fallback detector analyses frames meanwhile"
+                    telemetry.set_attributes(root, {telemetry.ATTR_INFERENCE: "local"})
+                    return local, "local"
+                stats.dropped[exc.reason] += 1
                 telemetry.set_attributes(
                     root, {telemetry.ATTR_DETECTIONS: 0, telemetry.ATTR_DROP_REASON: exc.reason}
                 )
                 return None
         stats.observe_latency(time.monotonic() - started)
-        return found
+        return (found if sent_hw is None else jpeg.to_frame(found, sent_hw, sample.orig_hw)), "triton"
+
+    def _why_not(self, exc: InferenceError) -> tuple[str, str]:
+        """The camera's reason and message for a failed frame. A link that silently drops everything shows
+        as deadlines, not refusals: once Triton has answered nothing for SILENT_UNAVAILABLE seconds, the
+        camera says InferenceUnavailable (the frame itself still counts as a Timeout drop)."""
+        silent = self.ctx.detector.health.silent_for()
+        if exc.reason == "Timeout" and silent > SILENT_UNAVAILABLE:
+            return "InferenceUnavailable", f"Triton has not answered for {silent:.0f} s (last: {exc})"
+        return exc.reason, str(exc)
+
+    async def _prepare(self, sample: Sample) -> tuple[Prepared, tuple[int, int] | None]:
+        """What goes to Triton: the letterboxed pixels, or under an uplink budget the picture as a JPEG at
+        the plan's quality and scale (with its size, to map the detections back). Raises InferenceError
+        (`Stale`) for a frame older than the uplink's maxLatencyMilliseconds: sending it would only delay
+        the ones behind it."""
+        budget = self.ctx.uplink
+        setting = budget.setting(self.name)
+        if setting is None or budget.settings is None:
+            return Prepared(orig_hw=sample.orig_hw, image=sample.image), None
+        limit = budget.settings.max_latency_milliseconds
+        age = time.time() - sample.captured_at
+        if limit is not None and age * 1000 > limit:
+            raise InferenceError(
+                "Stale", f"the frame was {age:.1f} s old (uplink maxLatencyMilliseconds {limit})"
+            )
+        size = self.ctx.detector.input_size
+        content = yolox.resized_shape(sample.orig_hw[0], sample.orig_hw[1], size)
+        encoded = await asyncio.to_thread(jpeg.encode, sample.image, content, setting.quality, setting.scale)
+        budget.frame_sent(self.name, len(encoded.jpeg), setting)
+        budget.ask(self.name, self.spec.priority, self.asked_fps, pixels=content[0] * content[1])
+        return Prepared(orig_hw=encoded.hw, jpeg=encoded.jpeg), encoded.hw
 
     async def _publish_track_events(
         self, found: Sequence[AnalyticsEvent], frame_id: str, traceparent: str | None
@@ -382,7 +460,12 @@ class CameraWorker:
             await ctx.sink.publish(event)
 
     def _event(
-        self, sample: Sample, frame_id: str, kept: list[Detection], traceparent: str | None
+        self,
+        sample: Sample,
+        frame_id: str,
+        kept: list[Detection],
+        traceparent: str | None,
+        where: Inference = "triton",
     ) -> DetectionEvent:
         ctx = self.ctx
         return DetectionEvent(
@@ -396,6 +479,7 @@ class CameraWorker:
                 for d in kept
             ],
             traceparent=traceparent,
+            inference=where,
         )
 
 

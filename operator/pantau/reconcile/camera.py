@@ -31,6 +31,7 @@ POD_START_GRACE: Final = 60.0
 # Streaming counters change with every frame: written when streaming starts or stops, or when the
 # written ones are this old, so status writes stay rare while `kubectl get` stays live enough.
 FACTS_REFRESH_SECONDS: Final = 60
+UPLINK_SLACK: Final = 0.1  # relative change of quality, scale or fps that rewrites status.uplink
 FACT_KEYS: Final = (
     "streaming",
     "fps",
@@ -123,6 +124,14 @@ def plan_camera(
     conditions = merge(observed_conditions(camera.status), wanted, now)
     status: JSON = dict(camera.status)
     status.update(observedGeneration=camera.generation, conditions=dump(conditions), shard=pod, pod=pod)
+    uplink = None  # no pod reads it: nothing is sent
+    if pod is not None:  # the pod's plan; while it says nothing this pass, the last one written
+        uplink = uplink_status(report, camera.status) if report is not None else camera.status.get("uplink")
+    status["uplink"] = uplink
+    degraded = uplink_verdict(uplink, observed_condition(camera.status, "Degraded") is not None)
+    if degraded is not None:
+        conditions = merge(conditions, [condition("Degraded", degraded, camera.generation, now)], now)
+        status["conditions"] = dump(conditions)
     if pod is not None and report is not None:
         status.update(report_facts(report, camera.status, now))
     else:
@@ -215,6 +224,53 @@ def report_verdict(report: CameraStatusReport, pod: str) -> tuple[Verdict, Verdi
     if report.reason:
         return flowing, Verdict(False, report.reason, report.message or report.reason)
     return flowing, flowing
+
+
+def uplink_status(report: CameraStatusReport, observed: Mapping[str, Any]) -> JSON | None:
+    """The Camera's status.uplink: how its pod sends it under the Site's uplink budget. The plan moves a
+    little with every measurement, so the written one is kept while it stays within UPLINK_SLACK (and
+    the same limited or not): a status write per real change, not one per pass."""
+    plan = report.uplink
+    if plan is None:
+        return None
+    new: JSON = {
+        "limited": plan.limited,
+        "stage": plan.stage,
+        "quality": plan.quality,
+        "scale": round(plan.scale, 2),
+        "fps": round(plan.fps, 2),
+        "askedFps": round(plan.asked_fps, 2),
+    }
+    old = observed.get("uplink")
+    if isinstance(old, dict) and old.get("limited") == new["limited"] and old.get("stage") == new["stage"]:
+        close = all(
+            _near(float(old.get(k) or 0), float(new[k]), UPLINK_SLACK) for k in ("quality", "scale", "fps")
+        )
+        if close and old.get("askedFps") == new["askedFps"]:
+            return dict(old)
+    return new
+
+
+def uplink_verdict(uplink: JSON | None, had_condition: bool) -> Verdict | None:
+    """Degraded (UplinkLimited) while the uplink plan sends the camera below its asked fps, quality 80
+    or full resolution; None when the Site has no uplink and the Camera never had the condition."""
+    if uplink is None:
+        if not had_condition:
+            return None
+        return Verdict(False, "NotLimited", "no uplink budget limits what is sent of this camera")
+    effective = f"quality {uplink['quality']}, scale {uplink['scale']}, {uplink['fps']} fps"
+    if not uplink["limited"]:
+        return Verdict(False, "WithinUplink", f"sent in full within the Site's uplink: {effective}")
+    return Verdict(
+        True,
+        "UplinkLimited",
+        f"the Site's uplink budget limits this camera to {effective} (asks {uplink['askedFps']} fps); "
+        "raise spec.uplink.bandwidth on the Site, or spec.priority on this Camera to keep its fps longer",
+    )
+
+
+def _near(a: float, b: float, slack: float) -> bool:
+    return abs(a - b) <= slack * max(abs(a), abs(b))
 
 
 def report_facts(report: CameraStatusReport, observed: Mapping[str, Any], now: datetime) -> JSON:

@@ -163,6 +163,13 @@ def site_status(
     )
     cameras_verdict = Verdict(pool_ok, pool_verdict.reason, f"{ready}/{len(cameras)} cameras ready")
     degraded = _unschedulable(pool)
+    limited = sorted(
+        (name, p.status["uplink"])
+        for name, p in plans.items()
+        if p.status is not None and (p.status.get("uplink") or {}).get("limited")
+    )
+    if not degraded.ok and limited:
+        degraded = _uplink_limited(site, limited, len(cameras))
     wanted = [
         condition("PoolReady", pool_verdict, site.generation, now),
         condition("Overloaded", load_verdict, site.generation, now),
@@ -180,6 +187,8 @@ def site_status(
         },
         "pods": {"desired": pool.shards, "ready": pods_up},
     }
+    if site.spec.uplink is not None:
+        status["uplink"] = {"bandwidth": site.spec.uplink.bandwidth, "limitedCameras": len(limited)}
     before = observed_condition(site.status, "Overloaded")
     told = []
     if overloaded and (before is None or before.status != "True"):
@@ -206,6 +215,18 @@ def _unschedulable(pool: PoolView) -> Verdict:
         "(zone, node selector, tolerations) or lower spec.ingest.maxPods"
     )
     return Verdict(True, "Unschedulable", message)
+
+
+def _uplink_limited(site: ObjectFacts, limited: Sequence[tuple[str, JSON]], total: int) -> Verdict:
+    """Degraded while the uplink budget sends some camera below what it asks: how many, and the most cut."""
+    name, worst = min(limited, key=lambda item: (item[1]["fps"] / max(item[1]["askedFps"], 1e-9), item[0]))
+    message = (
+        f"{len(limited)} of {total} cameras are limited by spec.uplink.bandwidth "
+        f"{site.spec.uplink.bandwidth if site.spec.uplink else '?'}: the most, {name}, is sent at quality "
+        f"{worst['quality']}, scale {worst['scale']}, {worst['fps']} of {worst['askedFps']} fps; raise the "
+        "bandwidth or lower the cameras' fps"
+    )
+    return Verdict(True, "UplinkLimited", message)
 
 
 def _urls(cameras: Sequence[ObjectFacts], pool: PoolView) -> list[str]:

@@ -39,7 +39,9 @@ class InferenceError(RuntimeError):
     """A frame could not be detected; `reason` is a status-condition style word."""
 
     def __init__(
-        self, reason: Literal["InferenceUnavailable", "Timeout", "InferenceFailed"], message: str
+        self,
+        reason: Literal["InferenceUnavailable", "Timeout", "InferenceFailed", "Stale"],
+        message: str,
     ) -> None:
         super().__init__(f"{reason}: {message}")
         self.reason = reason
@@ -76,7 +78,8 @@ def _channel(settings: ClientSettings) -> grpcaio.InferenceServerClient:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A frame ready to send: letterboxed pixels (uint8 wire) or JPEG bytes (jpeg wire)."""
+    """A frame ready to send: letterboxed pixels (to the model) or JPEG bytes (to `<model>_jpeg`, which
+    answers in the JPEG's pixels)."""
 
     orig_hw: tuple[int, int]
     image: np.ndarray | None = None
@@ -101,6 +104,12 @@ class TritonHealth:
 
     def succeeded(self) -> None:
         self.model_ready, self.last_success = True, datetime.now(UTC)
+
+    def silent_for(self) -> float:
+        """Seconds since Triton last answered (infinite: it never has)."""
+        if self.last_success is None:
+            return math.inf
+        return (datetime.now(UTC) - self.last_success).total_seconds()
 
     def failed(self, error: InferenceError, *, model_ready: bool | None = None) -> None:
         """A failed call; `model_ready` when its answer told (False: the server lacks the model)."""
@@ -130,7 +139,8 @@ class Detector:
         self.health = TritonHealth()
         self._client = _channel(settings)
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._slots = asyncio.Semaphore(settings.max_in_flight)
+        self._limit = settings.max_in_flight  # requests that may be outstanding now (set_max_in_flight)
+        self._room = asyncio.Condition()
         self._in_flight = 0  # slots taken
         self._batcher: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()
@@ -190,6 +200,15 @@ class Detector:
             return Prepared(orig_hw=hw, jpeg=encode_jpeg(frame))
         return Prepared(orig_hw=hw, image=yolox.letterbox(frame, self.input_size))
 
+    async def set_max_in_flight(self, limit: int) -> None:
+        """How many requests may be outstanding from now on. Over a WAN link a request spends its round
+        trip on the wire, so keeping the instances busy takes more of them than the instances."""
+        if limit < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {limit}")
+        async with self._room:
+            self._limit = limit
+            self._room.notify_all()
+
     async def detect(
         self, frame: np.ndarray | Prepared, headers: Mapping[str, str] | None = None
     ) -> list[contract.Detection]:
@@ -229,8 +248,9 @@ class Detector:
             deadline = loop.time() + self.settings.max_delay
             # A free in-flight slot before the batch is closed: frames that arrive while every slot is
             # busy ride in the next request instead of queueing behind it (back-pressure too).
-            await self._slots.acquire()
-            self._in_flight += 1
+            async with self._room:
+                await self._room.wait_for(lambda: self._in_flight < self._limit)
+                self._in_flight += 1
             batch = await self._fill([first], deadline)
             task = asyncio.create_task(self._send(batch))
             self._sends.add(task)
@@ -245,7 +265,7 @@ class Detector:
             # Nothing waits, so a batch is what queued while the slots were busy; frames queued
             # together are spread over the free slots (instances that work side by side) rather
             # than packed into one request.
-            free = self.settings.max_in_flight - self._in_flight  # besides this request's
+            free = self._limit - self._in_flight  # besides this request's
             limit = min(limit, math.ceil((len(batch) + self._queue.qsize()) / (1 + free)))
         while len(batch) < limit:
             if not self._queue.empty():
@@ -262,6 +282,19 @@ class Detector:
 
     async def _send(self, batch: list[_Pending]) -> None:
         try:
+            # JPEGs and pixels go to different models: a batch that holds both (a Site's uplink was just
+            # set or removed) is sent as one request of each.
+            for jpegs in (True, False):
+                await self._send_kind([p for p in batch if (p.frame.jpeg is not None) == jpegs])
+        finally:
+            async with self._room:
+                self._in_flight -= 1
+                self._room.notify()
+
+    async def _send_kind(self, batch: list[_Pending]) -> None:
+        if not batch:
+            return
+        try:
             results = await self._infer_with_retries([p.frame for p in batch], batch[0].headers)
         except InferenceError as exc:
             for p in batch:
@@ -271,9 +304,6 @@ class Detector:
             for p, detections in zip(batch, results, strict=True):
                 if not p.future.done():
                     p.future.set_result(detections)
-        finally:
-            self._in_flight -= 1
-            self._slots.release()
 
     async def _infer_with_retries(
         self, frames: Sequence[Prepared], headers: Mapping[str, str] | None = None
@@ -300,7 +330,7 @@ class Detector:
         raise AssertionError("unreachable")
 
     def _request(self, frames: Sequence[Prepared]) -> tuple[str, list[grpcaio.InferInput]]:
-        if self.settings.wire == "jpeg":
+        if frames[0].jpeg is not None:
             blobs = np.array([[f.jpeg] for f in frames], dtype=np.object_)
             jpeg = grpcaio.InferInput(contract.JPEG.name, list(blobs.shape), contract.JPEG.wire_type)
             jpeg.set_data_from_numpy(blobs)

@@ -356,6 +356,13 @@ class Source:
     def read(self) -> Sample:
         raise NotImplementedError
 
+    def set_fps(self, fps: float) -> None:
+        """Sample at `fps` from the next sample on, in the same session (the uplink's plan cuts it)."""
+        if not 0 < fps <= MAX_FPS:
+            raise ValueError(f"fps must be above 0 and at most {MAX_FPS:g}, got {fps}")
+        with self._cond:
+            self._interval = 1.0 / fps
+
     def close(self) -> None:
         """Release the session. Idempotent; returns once the connection is closed (see `_shutdown`)."""
         with self._cond:

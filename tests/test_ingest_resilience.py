@@ -410,7 +410,7 @@ class SpareTriton:
         while len(set(self.ports.values())) < 3:  # free_port() may hand out the same port twice
             self.ports = {name: free_port() for name in ("triton_http", "triton_grpc", "triton_metrics")}
         self.argv = stack._triton_argv(self.ports)  # on the stack's address, as its own Triton
-        self.env = stack._triton_env()
+        self.env = stack.triton_env()
         self.host = stack.host_ip
         self.table = table
         self.work = work

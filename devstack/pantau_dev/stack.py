@@ -120,7 +120,7 @@ class DevStack:
         etcd = self._ensure("etcd", self._etcd_argv(ports))
         jaeger = self._ensure("jaeger", self._jaeger_argv(ports)) if self.settings.with_jaeger else None
         triton = (
-            self._ensure("triton", self._triton_argv(ports), env=self._triton_env())
+            self._ensure("triton", self._triton_argv(ports), env=self.triton_env())
             if self.settings.with_triton
             else None
         )
@@ -529,6 +529,11 @@ class DevStack:
         return backends
 
     def _triton_argv(self, p: dict[str, int]) -> list[str]:
+        return self.triton_argv(self.host_ip, p["triton_http"], p["triton_grpc"], p["triton_metrics"])
+
+    def triton_argv(self, host: str, http: int, grpc: int, metrics: int) -> list[str]:
+        """The stack's Triton command on other addresses: a second server (in a network namespace of a
+        test, say) over the same model repository. Its environment is `triton_env()`."""
         self.model_repository.mkdir(parents=True, exist_ok=True)
         return [
             str(self._triton_home() / "bin" / "tritonserver"),
@@ -538,19 +543,19 @@ class DevStack:
             # "*" loads whatever the repository holds at start.
             "--model-control-mode=explicit",
             "--load-model=*",
-            f"--http-address={self.host_ip}",
-            f"--http-port={p['triton_http']}",
-            f"--grpc-address={self.host_ip}",
-            f"--grpc-port={p['triton_grpc']}",
-            f"--metrics-address={self.host_ip}",
-            f"--metrics-port={p['triton_metrics']}",
+            f"--http-address={host}",
+            f"--http-port={http}",
+            f"--grpc-address={host}",
+            f"--grpc-port={grpc}",
+            f"--metrics-address={host}",
+            f"--metrics-port={metrics}",
             "--allow-sagemaker=false",
             "--allow-vertex-ai=false",
             "--allow-gpu-metrics=false",
             "--log-verbose=0",
         ]
 
-    def _triton_env(self) -> dict[str, str]:
+    def triton_env(self) -> dict[str, str]:
         env = dict(os.environ)
         libs = [
             str(self.settings.triton_dir / "nvidia_pytriton.libs"),

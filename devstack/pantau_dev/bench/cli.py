@@ -321,6 +321,73 @@ def scale_command(
     _emit(scale.render, report, json_path, width=140)
 
 
+@bench_app.command("link")
+def link_command(
+    budgets: Annotated[
+        str, typer.Option(help="Link rates and Site budgets, Mbit/s, comma-separated.")
+    ] = "0.5,2,10",
+    cameras: Annotated[int, typer.Option(min=1, help="Cameras of the district's Site.")] = 3,
+    fps: Annotated[float, typer.Option(min=0.1, help="Sampled frames per second each camera asks.")] = 4.0,
+    window: Annotated[float, typer.Option(min=5.0, help="Seconds each run is measured over.")] = 40.0,
+    outage: Annotated[float, typer.Option(min=1.0, help="Seconds the link is down in each run.")] = 30.0,
+    loss: Annotated[float, typer.Option(min=0.0, max=50.0, help="Packet loss on the link, percent.")] = 2.0,
+    footage: FootageOption = None,
+    model: ModelOption = None,
+    json_path: JsonOption = None,
+) -> None:
+    """Bytes, frame rate, recall, events lost and recovery of a district's Site on a shaped, lossy,
+    delayed WAN link with an outage, with Pantau's uplink budget and without adaptation, on a throwaway
+    local stack with its node (Pantau installed with its chart)."""
+    from pantau_dev.bench import link, link_recall
+    from pantau_dev.demo.run import load_detector
+
+    try:
+        rates = tuple(float(v) for v in budgets.split(",") if v.strip())
+    except ValueError as exc:
+        raise typer.BadParameter(
+            "a comma-separated list of Mbit/s, e.g. 0.5,2,10", param_hint="--budgets"
+        ) from exc
+    if not rates or min(rates) < 0.064:
+        raise typer.BadParameter("each budget must be at least 0.064 Mbit/s (64k)", param_hint="--budgets")
+    config = link.LinkConfig(
+        budgets_mbps=rates, cameras=cameras, fps=fps, window=window, outage=outage, loss_percent=loss
+    )
+    shared = DevSettings().shared_dir
+    footage_path = footage or shared / "footage" / "vtest.avi"
+    model_path = model or shared / "models" / "yolox_nano.onnx"
+    truth = footage_path.with_name("PETS09-S2L1-gt.txt")
+    for path, hint in ((footage_path, "--footage"), (model_path, "--model"), (truth, "--footage")):
+        if not path.is_file():
+            raise typer.BadParameter(f"{path} is not a file", param_hint=hint)
+
+    def recall(settings: list[tuple[int, float]]) -> dict[tuple[int, float], float]:
+        rows = link_recall.recall_table(footage_path, truth, model_path, [(q, s, 10.0) for q, s in settings])
+        return {(r.setting.quality, r.setting.scale): r.recall for r in rows}
+
+    def progress(message: str) -> None:
+        console.print(f"[dim]{message}[/dim]")
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="pantau-bench-link-") as tmp:
+            stack = DevStack(DevSettings(state_dir=Path(tmp) / "stack"))
+            try:
+                with console.status("starting the local stack (control plane, node, Triton) ..."):
+                    stack.up()
+                load_detector(stack)
+                cluster = link.LinkStack(stack, Path(tmp), footage_path, progress)
+                try:
+                    cluster.up()
+                    report = link.run(cluster, config, recall)
+                finally:
+                    cluster.down()
+            finally:
+                stack.down()
+    except StackError as exc:
+        console.print(f"[red]stack failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    _emit(link.render, report, json_path, width=160)
+
+
 @bench_app.command("analytics")
 def analytics_command(
     rates: Annotated[

@@ -46,6 +46,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pantau.reconcile.scaling import Behavior, Sample, ScalerState, ScalingRule, decide, naive
+from pantau_dev.bench.charted import Charted
 from pantau_dev.cameras import RtspCameraServer, RtspMount
 from pantau_dev.chart import Release, Tools, local_values
 from pantau_dev.net import free_port
@@ -115,14 +116,14 @@ class Report:
         return json.dumps(body, indent=2)
 
 
-class ScaleStack:
+class ScaleStack(Charted):
     """The stack, Pantau installed with its chart, the camera server and the event receiver."""
 
     def __init__(self, stack: DevStack, work: Path, footage: Path, progress: Callable[[str], None]) -> None:
         self.stack, self.work, self.footage, self.progress = stack, work, footage, progress
         self.info = stack.status()
-        self.tools = Tools(stack.settings, stack.kubeconfig)
-        self.release = Release(self.tools, name="scale", namespace="pantau-scale-system")
+        tools = Tools(stack.settings, stack.kubeconfig)
+        super().__init__(tools, Release(tools, name="scale", namespace="pantau-scale-system"), NAMESPACE)
         self.table = ProcessTable(work / "pids", work / "logs")
         self.camera: RtspCameraServer | None = None
         self.events: EventReceiver | None = None
@@ -154,27 +155,13 @@ class ScaleStack:
         self.release.install(values)
 
     def down(self) -> None:
-        self.tools.kubectl("delete", "sites", "--all", "-n", NAMESPACE, "--timeout=90s", check=False)
-        with contextlib.suppress(Exception):
-            self.release.uninstall()
-        self.tools.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
+        self.uninstall()
         if self.events is not None:
             self.events.close()
         if self.camera is not None:
             self.camera.stop()
 
     # ----- objects -----
-
-    def apply(self, *docs: dict[str, Any]) -> None:
-        body = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(docs)})
-        self.tools.kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=body)
-
-    def get(self, kind: str, name: str = "", selector: str = "") -> Any:
-        args = ["get", kind, *([name] if name else []), "-n", NAMESPACE, "-o", "json"]
-        if selector:
-            args += ["-l", selector]
-        result = self.tools.kubectl(*args, check=False)
-        return json.loads(result.stdout) if result.returncode == 0 else None
 
     def site(
         self, name: str, zone: str, per_pod: int, scaling: dict[str, Any] | None = None

@@ -403,6 +403,22 @@ def test_container_command_probes_and_env() -> None:
             assert ref in names[:i], (var["name"], ref)
 
 
+def test_only_a_site_with_a_fallback_detector_gets_its_download() -> None:
+    url, digest = "http://models.dc.example/yolox_nano.onnx", "a" * 64
+    settings = replace(SETTINGS, fallback_model_url=url, fallback_model_sha256=digest)
+    with_fallback = site_spec(inference={"fallback": {"enabled": True}})
+    env = {
+        v["name"]: v.get("value")
+        for v in container(sample_pool(spec=with_fallback, settings=settings))["env"]
+    }
+    assert env["PANTAU_INGEST_FALLBACK_MODEL_URL"] == url
+    assert env["PANTAU_INGEST_FALLBACK_MODEL_SHA256"] == digest
+    # Other Sites' pod templates do not change (no rollout when the chart gains a model URL).
+    for spec in (site_spec(), site_spec(inference={"fallback": {"enabled": False}})):
+        names = {v["name"] for v in container(sample_pool(spec=spec, settings=settings))["env"]}
+        assert not {n for n in names if "FALLBACK" in n}
+
+
 def test_site_image_inference_and_no_otlp() -> None:
     spec = site_spec(
         ingest={"image": "registry.bengkulu.example/pantau:0.2.0"},

@@ -362,3 +362,15 @@ def test_bad_triton_scaling_values_are_refused(offline: Tools, sets: list[str], 
     with pytest.raises(RuntimeError, match="failed") as info:
         render(offline, *sets)
     assert message in str(info.value)
+
+
+def test_the_operator_hands_the_model_url_on_for_fallback_detectors(offline: Tools) -> None:
+    digest = "b" * 64
+    docs = _triton_docs(
+        offline, "triton.model.existingClaim=", "triton.model.url=https://models.example/yolox_nano.onnx",
+        f"triton.model.sha256={digest}",
+    )  # fmt: skip
+    env = _operator_env(docs)
+    assert env["PANTAU_FALLBACK_MODEL_URL"] == "https://models.example/yolox_nano.onnx"
+    assert env["PANTAU_FALLBACK_MODEL_SHA256"] == digest
+    assert "PANTAU_FALLBACK_MODEL_URL" not in _operator_env(_triton_docs(offline))  # a volume: no URL to give

@@ -321,6 +321,30 @@ def test_secret_not_found_then_found(
     )
 
 
+def test_cameras_sharing_a_source_count_against_its_session_budget(
+    operator: Operator, kubectl: list[str], namespace: str, objs: Objects
+) -> None:
+    """Two Camera objects on one camera stream (the same URL, spelled with another case and its default
+    port) are two sessions: with maxSessions 1 the second by name gets no pod and says why; raising the
+    budget on both gives it its session."""
+    first, second = camera("gate-a", "terminal"), camera("gate-b", "terminal")
+    first["spec"]["source"] |= {"url": "rtsp://10.0.0.9/gate", "maxSessions": 1}
+    second["spec"]["source"] |= {"url": "RTSP://10.0.0.9:554/gate", "maxSessions": 1}
+    apply(kubectl, namespace, site("terminal"), first, second)
+    refused = wait_for(
+        lambda: objs.ready("camera", "gate-b", reason="SessionLimit"), timeout=60, what="SessionLimit"
+    )
+    assert "spec.source.maxSessions" in objs.condition(refused, "Ready")["message"]
+    assert not refused["status"].get("pod")
+    wait_for(lambda: objs.ready("camera", "gate-a", reason=SERVED), timeout=60, what="the first one served")
+    for cam in (first, second):
+        cam["spec"]["source"]["maxSessions"] = 2
+    apply(kubectl, namespace, first, second)
+    wait_for(
+        lambda: objs.ready("camera", "gate-b", reason=SERVED), timeout=60, what="served within 2 sessions"
+    )
+
+
 def can_read(stack: DevStack, namespace: str, account: str, secret_name: str) -> bool:
     """Whether a pod running as `account` could read the Secret: a real token of that
     ServiceAccount, a real GET, the API server's RBAC deciding."""

@@ -151,11 +151,11 @@ def test_a_district_on_a_thin_lossy_link_stays_in_budget_and_survives_a_5_minute
     # ----- the link returns: analysed by Triton again within 10 s -----
     cluster.wan.restore()
     back_at = time.monotonic()
-    returned = during.processed
+    returned = during.by_triton
 
     def analysed_again() -> float | None:
         now = cluster.figures("district")
-        return time.monotonic() - back_at if now.processed > returned else None
+        return time.monotonic() - back_at if now.by_triton > returned else None
 
     recovery = wait_for(analysed_again, timeout=60, what="frames analysed by Triton again", interval=0.5)
     print(f"frames analysed by Triton again {recovery:.1f} s after the link returned")

@@ -49,8 +49,8 @@ RELAY_CONTROL: Final = (18101, 19101)
 class PodFigures:
     """One pod's /status, summed over its cameras."""
 
-    processed: int
-    local: int
+    processed: int  # analysed, by Triton or the fallback
+    local: int  # analysed by the fallback
     dropped: dict[str, int]
     sink_published: int
     sink_delivered: int
@@ -58,6 +58,10 @@ class PodFigures:
     sink_dropped: int
     uplink: list[dict[str, Any]]  # each camera's plan (None-free)
     fps: float
+
+    @property
+    def by_triton(self) -> int:
+        return self.processed - self.local
 
 
 class LinkStack(Charted):
@@ -364,7 +368,7 @@ def run_one(cluster: LinkStack, config: LinkConfig, budget_mbps: float, mode: st
     back = time.monotonic()
     with contextlib.suppress(StackError):
         wait_for(
-            lambda: cluster.figures(site).processed > down.processed,
+            lambda: cluster.figures(site).by_triton > down.by_triton,
             timeout=min(config.timeout, 120.0),
             what="frames after the outage",
             interval=0.25,

@@ -60,6 +60,12 @@ class ClientSettings:
     backoff_base: float = 0.2
     backoff_cap: float = 5.0
     reconnect_backoff_max: float = 2.0  # gRPC's own default grows to 120 s after an outage
+    # While requests are outstanding, ping the server this often and give the connection up when a ping
+    # goes unanswered for `keepalive_timeout` seconds. Without it, a link that silently dropped everything
+    # for minutes leaves the channel on a dead TCP connection whose retransmissions have backed off to
+    # minutes: every request times out long after the link is back.
+    keepalive: float = 10.0
+    keepalive_timeout: float = 5.0
 
 
 def _channel(settings: ClientSettings) -> grpcaio.InferenceServerClient:
@@ -72,6 +78,9 @@ def _channel(settings: ClientSettings) -> grpcaio.InferenceServerClient:
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.min_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", int(settings.reconnect_backoff_max * 1000)),
+            ("grpc.keepalive_time_ms", int(settings.keepalive * 1000)),
+            ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout * 1000)),
+            ("grpc.keepalive_permit_without_calls", 0),  # idle pods do not ping (servers refuse that)
         ],
     )
 

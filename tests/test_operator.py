@@ -324,12 +324,12 @@ def test_secret_not_found_then_found(
 def test_cameras_sharing_a_source_count_against_its_session_budget(
     operator: Operator, kubectl: list[str], namespace: str, objs: Objects
 ) -> None:
-    """Two Camera objects on one camera stream (the same URL, spelled with another case and its default
-    port) are two sessions: with maxSessions 1 the second by name gets no pod and says why; raising the
-    budget on both gives it its session."""
+    """Two Camera objects on one camera stream (the same URL, once with its default port spelled out)
+    are two sessions: with maxSessions 1 the second by name gets no pod and says why; raising the budget
+    on both gives it its session."""
     first, second = camera("gate-a", "terminal"), camera("gate-b", "terminal")
     first["spec"]["source"] |= {"url": "rtsp://10.0.0.9/gate", "maxSessions": 1}
-    second["spec"]["source"] |= {"url": "RTSP://10.0.0.9:554/gate", "maxSessions": 1}
+    second["spec"]["source"] |= {"url": "rtsp://10.0.0.9:554/gate", "maxSessions": 1}
     apply(kubectl, namespace, site("terminal"), first, second)
     refused = wait_for(
         lambda: objs.ready("camera", "gate-b", reason="SessionLimit"), timeout=60, what="SessionLimit"

@@ -1,21 +1,31 @@
 """The ingest pod's uplink budget in a closed loop (simulated time): cameras send what their settings
-give, the meter measures it, the pod replans; and the Camera and Site status that the plan produces."""
+give, the meter measures it, the pod replans; the Camera and Site status that the plan produces; and the
+latency limit's stale frames."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 
 from pantau.contract import UplinkReport
 from pantau.ingest import uplink
 from pantau.ingest.budget import REPLAN, REQUEST_OVERHEAD, UplinkBudget
-from pantau.models.site import Uplink
+from pantau.ingest.events import JsonLinesSink
+from pantau.ingest.pipeline import CameraWorker, PodContext
+from pantau.ingest.sources import Sample
+from pantau.models.camera import CameraSpec
+from pantau.models.site import CameraDefaults, Uplink
 from pantau.reconcile.assignment import Assignment, CameraLoad, assign
 from pantau.reconcile.camera import PoolView, plan_camera, uplink_status, uplink_verdict
 from pantau.reconcile.facts import ObjectFacts, PodFacts
 from pantau.reconcile.site import site_status
+from pantau.triton.client import ClientSettings, Detector
 from tests.cases_reconcile import NOW, POOL, cam, report, site
 
 
@@ -198,3 +208,44 @@ def _site() -> ObjectFacts:
     return replace(
         found, spec=found.spec.model_copy(update={"uplink": Uplink.model_validate({"bandwidth": "2M"})})
     )
+
+
+# ----- a frame too old for the uplink's latency limit -----
+
+
+async def test_a_frame_older_than_the_uplinks_limit_is_dropped_as_stale(tmp_path: Path) -> None:
+    """Site spec.uplink.maxLatencyMilliseconds: a sample that waited too long is not sent (it would only
+    delay the ones behind it); it counts as a drop with the reason Stale, and nothing reaches Triton."""
+    detector = Detector(ClientSettings(url="127.0.0.1:9"), input_size=416)  # never called: nothing listens
+    ctx = PodContext(
+        namespace="ns",
+        site="alun",
+        pod="alun-ingest-0",
+        model="yolox",
+        detector=detector,
+        sink=JsonLinesSink(tmp_path / "events.jsonl"),
+        tracer=TracerProvider().get_tracer("test"),
+        defaults=CameraDefaults(),
+        uplink=UplinkBudget(Uplink.model_validate({"bandwidth": "2M", "maxLatencyMilliseconds": 500})),
+    )
+    spec = CameraSpec.model_validate(
+        {"siteRef": {"name": "alun"}, "source": {"url": "rtsp://10.0.0.1/a", "protocol": "rtsp"}}
+    )
+    worker = CameraWorker("a", "uid-a", spec, None, ctx)
+    ctx.uplink.ask("a", 50, 1.0)
+    old = Sample(
+        image=np.zeros((416, 416, 3), np.uint8),
+        orig_hw=(576, 768),
+        captured_at=time.time() - 2.0,
+        seq=0,
+        keyframe=True,
+        decode_seconds=0.01,
+    )
+    with ctx.tracer.start_as_current_span("frame") as root:
+        assert await worker._infer(old, root) is None
+    assert worker.stats.dropped == {"Stale": 1}
+    assert worker.stats.reason == "Stale"
+    assert "maxLatencyMilliseconds 500" in (worker.stats.message or "")
+    assert ctx.uplink.meter.bytes_per_s() == 0  # nothing was sent
+    await detector.aclose()
+    await ctx.sink.aclose()

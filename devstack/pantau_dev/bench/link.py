@@ -374,6 +374,9 @@ def run_one(cluster: LinkStack, config: LinkConfig, budget_mbps: float, mode: st
             interval=0.25,
         )
         run.recovery_s = round(time.monotonic() - back, 2)
+    run.dropped = cluster.figures(
+        site
+    ).dropped  # frames not analysed, by reason (paused cameras leave /status)
     # Stop the cameras, let the sink drain, and count what reached the receiver.
     for name in names:
         cluster.tools.kubectl(
@@ -388,7 +391,6 @@ def run_one(cluster: LinkStack, config: LinkConfig, budget_mbps: float, mode: st
     run.events_published = final.sink_published
     run.events_lost = max(final.sink_published - (got.get("unique", 0) - before_received.get("unique", 0)), 0)
     run.duplicates = got.get("duplicates", 0) - before_received.get("duplicates", 0)
-    run.dropped = final.dropped
     cluster.tools.kubectl("delete", "site", site, "-n", NAMESPACE, "--timeout=90s", check=False)
     cluster.tools.kubectl("delete", "cameras", *names, "-n", NAMESPACE, "--timeout=90s", check=False)
     wait_for(lambda: cluster.get("pod", f"{site}-ingest-0") is None, timeout=120, what=f"{site}'s pod gone")

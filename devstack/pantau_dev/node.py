@@ -26,7 +26,6 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import ssl
 import subprocess
 import tarfile
@@ -41,7 +40,7 @@ import yaml
 from pantau_dev.images import built_images
 from pantau_dev.net import free_port, http_ok
 from pantau_dev.pki import Pki
-from pantau_dev.procs import ProcessRecord, ProcessTable, StackError, wait_for, write_json
+from pantau_dev.procs import ProcessRecord, ProcessTable, StackError, stop_processes, wait_for, write_json
 from pantau_dev.settings import DevSettings
 
 CONTAINERD = "containerd"
@@ -624,7 +623,7 @@ imports = []
                 timeout=120,
             )
         self.procs.stop(CONTAINERD, grace=15)
-        _stop_pids(_shims(socket), grace=5)
+        stop_processes(_shims(socket), grace=5)
         _kill_cgroup_procs()
         # 4. mounts under our directories, deepest first
         _unmount_under([self.dir, run_dir])
@@ -805,17 +804,6 @@ def _shims(socket: Path) -> list[psutil.Process]:
     return found
 
 
-def _stop_pids(procs: list[psutil.Process], grace: float) -> None:
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            p.send_signal(signal.SIGTERM)
-    _gone, alive = psutil.wait_procs(procs, timeout=grace)
-    for p in alive:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    psutil.wait_procs(alive, timeout=5)
-
-
 def kubepods_dirs() -> list[Path]:
     """The kubepods cgroup of each hierarchy (v1: one per controller mount; v2: the root)."""
     roots = [*sorted(Path("/sys/fs/cgroup").glob("*/kubepods")), Path("/sys/fs/cgroup/kubepods")]
@@ -841,7 +829,7 @@ def _kill_cgroup_procs() -> None:
         with contextlib.suppress(psutil.Error):
             members.append(psutil.Process(pid))
     if members:
-        _stop_pids(members, grace=0.1)
+        stop_processes(members, grace=0.1)
 
 
 def _remove_kubepods_cgroups() -> None:

@@ -186,6 +186,18 @@ class ManagedProcess:
         self.stop()
 
 
+def stop_processes(procs: list[psutil.Process], grace: float) -> None:
+    """SIGTERM each process, then SIGKILL whatever is left after `grace` seconds (gone ones are fine)."""
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.send_signal(signal.SIGTERM)
+    _gone, alive = psutil.wait_procs(procs, timeout=grace)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
 _children: list[subprocess.Popen[bytes]] = []
 _children_lock = threading.Lock()
 

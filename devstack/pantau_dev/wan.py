@@ -45,7 +45,6 @@ import json
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Sequence
@@ -56,7 +55,7 @@ from typing import Any, Final, Self
 import psutil
 from pydantic import BaseModel, ConfigDict
 
-from pantau_dev.procs import StackError
+from pantau_dev.procs import StackError, stop_processes
 
 DEFAULT_NETWORK: Final = "10.250.77.0/30"
 # <prefix>h must fit an interface name (15 characters); lower case keeps nft and ip happy alike.
@@ -198,18 +197,11 @@ def _nft_counters(prefix: Sequence[str], table: str) -> dict[str, tuple[int, int
 
 def _kill_namespace_processes(netns: str, grace: float = 5.0) -> None:
     """Stop what still runs in the data centre's namespace (ours: it holds the namespace alive)."""
-    pids = [int(p) for p in _run(["ip", "netns", "pids", netns]).split()]
     procs = []
-    for pid in pids:
+    for pid in (int(p) for p in _run(["ip", "netns", "pids", netns]).split()):
         with contextlib.suppress(psutil.Error):
-            proc = psutil.Process(pid)
-            proc.send_signal(signal.SIGTERM)
-            procs.append(proc)
-    _gone, alive = psutil.wait_procs(procs, timeout=grace)
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    psutil.wait_procs(alive, timeout=5)
+            procs.append(psutil.Process(pid))
+    stop_processes(procs, grace)
 
 
 def forwarding_problems() -> list[str]:
